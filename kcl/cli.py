@@ -1,0 +1,395 @@
+"""The `kcl` command: pretrain, evaluate and export encoders.
+
+    kcl pretrain --method simclr --data fashion_mnist --epochs 5 --out runs/demo
+    kcl eval --model runs/demo/model.keras --data fashion_mnist
+    kcl export --model runs/demo/model.keras --out runs/demo/saved_model
+
+Run `kcl <command> --help` for every flag.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _parse_setting(text):
+    """`name=value` -> (name, value), the value parsed as JSON when it parses."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(
+            f"expected name=value (e.g. temperature=0.5). Received: --set {text}"
+        )
+    name, value = text.split("=", 1)
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def _add_data_flags(parser):
+    parser.add_argument(
+        "--data",
+        default="fashion_mnist",
+        help="dataset: 'fashion_mnist' (local files, see README), a tfds name "
+        "(e.g. cifar10, prepared with `tfds build`), or a folder with "
+        "train/<class>/ and test/<class>/ images. Default: fashion_mnist.",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize tfds/folder images to this square size (Fashion-MNIST keeps 28).",
+    )
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="use only the first N training images (quick runs). Default: all.",
+    )
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="use only the first N test images. Default: all.",
+    )
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kcl",
+        description="Contrastive self-supervised learning for Keras 3: pretrain, "
+        "evaluate and export encoders.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain an encoder, evaluate it with kNN, plot, export",
+        description="Pretrain a self-supervised encoder, print its kNN accuracy "
+        "next to the raw-pixel baseline, plot loss and kNN accuracy per epoch, "
+        "and export a SavedModel. Writes into --out: model.keras, history.json, "
+        "metrics.json, training.png, saved_model/, logs/ (TensorBoard).",
+    )
+    pretrain.add_argument("--method", default="simclr", help="method name (kcl.methods.names()). Default: simclr.")
+    pretrain.add_argument(
+        "--backbone",
+        default="resnet18_cifar",
+        help="encoder from kcl.backbones.names(). Default: resnet18_cifar.",
+    )
+    pretrain.add_argument("--width", type=float, default=1.0, help="backbone width multiplier. Default: 1.0.")
+    _add_data_flags(pretrain)
+    pretrain.add_argument("--epochs", type=int, default=5, help="training epochs. Default: 5.")
+    pretrain.add_argument("--batch-size", type=int, default=256, help="global batch size. Default: 256.")
+    pretrain.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="adamw (robust for short runs) or sgd (momentum 0.9, the papers' "
+        "choice for long runs). Default: adamw.",
+    )
+    pretrain.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate, reached after one warm-up epoch and decayed "
+        "by a cosine. Default: 2e-3 for adamw, 0.06 x batch/256 for sgd.",
+    )
+    pretrain.add_argument("--weight-decay", type=float, default=None, help="Default: 1e-4 (adamw), 5e-4 (sgd).")
+    pretrain.add_argument(
+        "--set",
+        type=_parse_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a method argument, e.g. --set temperature=0.5 (repeatable; "
+        "values parsed as JSON).",
+    )
+    pretrain.add_argument(
+        "--knn-every",
+        type=int,
+        default=1,
+        help="kNN accuracy every N epochs (0 turns the monitor off). Default: 1.",
+    )
+    pretrain.add_argument(
+        "--knn-bank",
+        type=int,
+        default=10000,
+        help="training images in the monitor's kNN memory bank (the final "
+        "evaluation uses all). Default: 10000.",
+    )
+    pretrain.add_argument("--no-probe", action="store_true", help="do not train the online linear probe.")
+    pretrain.add_argument("--no-export", action="store_true", help="skip the SavedModel export.")
+    pretrain.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
+    pretrain.add_argument("--out", default="runs/pretrain", help="output directory. Default: runs/pretrain.")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar.")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="kNN and linear-probe accuracy of a trained model or encoder",
+        description="Evaluate a trained model (.keras file of a kcl method or an "
+        "encoder) on a labelled dataset: weighted kNN (k=200, t=0.1), cosine "
+        "20-NN and a linear probe, each next to the same classifier on raw pixels.",
+    )
+    evaluate.add_argument("--model", required=True, help="path of a .keras file.")
+    _add_data_flags(evaluate)
+    evaluate.add_argument("--no-linear", action="store_true", help="skip the linear probe.")
+    evaluate.add_argument("--json", default=None, help="also write the results to this JSON file.")
+
+    export = commands.add_parser(
+        "export",
+        help="export an encoder as a SavedModel for feature extraction",
+        description="Write a SavedModel whose serving_default signature takes "
+        "uint8 images [N, H, W, C] and returns {'features': float32 [N, D]}, "
+        "L2-normalised, with resizing and scaling inside.",
+    )
+    export.add_argument("--model", required=True, help="path of a .keras file (kcl method or encoder).")
+    export.add_argument("--out", required=True, help="output directory of the SavedModel.")
+    export.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square input size fed to the encoder, when the encoder does not fix one.",
+    )
+    return parser
+
+
+# ----------------------------------------------------------------- helpers
+def _load_split(args, split):
+    from kcl import data
+
+    limit = args.train_limit if split == "train" else args.test_limit
+    if args.data in ("fashion_mnist", "fashion-mnist", "fmnist"):
+        images, labels = data.load_fashion_mnist(split)
+        return images[:limit], labels[:limit]
+    kwargs = {}
+    if args.image_size:
+        kwargs["image_size"] = (args.image_size, args.image_size)
+    if os.path.isdir(args.data) and "image_size" not in kwargs:
+        raise ValueError(
+            "Image folders need a size to resize to. Pass --image-size. "
+            "Received: --image-size=None"
+        )
+    return data.to_numpy(data.load(args.data, split, **kwargs), limit=limit)
+
+
+def _check_output_dir(path, flag="--out"):
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"Cannot write to {parent}. Received: {flag}={path}")
+    os.makedirs(path, exist_ok=True)
+
+
+def _schedule(peak, total_steps, warmup_steps):
+    import keras
+
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else peak,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        warmup_target=peak if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def _optimizer(args, steps_per_epoch):
+    import keras
+
+    total = args.epochs * steps_per_epoch
+    if args.optimizer == "adamw":
+        lr = _schedule(args.lr or 2e-3, total, steps_per_epoch)
+        return keras.optimizers.AdamW(lr, weight_decay=1e-4 if args.weight_decay is None else args.weight_decay)
+    lr = _schedule(args.lr or 0.06 * args.batch_size / 256, total, steps_per_epoch)
+    return keras.optimizers.SGD(
+        lr, momentum=0.9, weight_decay=5e-4 if args.weight_decay is None else args.weight_decay
+    )
+
+
+def _knn_table(train, test, features=None):
+    """kNN accuracies of raw pixels and, when given, of learned features."""
+    from kcl import eval as kcl_eval
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    rows = {"raw pixels": (kcl_eval.pixels(x_train), kcl_eval.pixels(x_test))}
+    if features is not None:
+        rows["encoder"] = features
+    table = {}
+    for name, (f_train, f_test) in rows.items():
+        table[name] = {
+            "knn200_weighted": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=200, temperature=0.1),
+            "nn20_cosine": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=20, weighted=False),
+        }
+    return table
+
+
+def _print_table(table, linear=None):
+    header = f"{'features':<12} {'kNN-200 (weighted, t=0.1)':>26} {'20-NN (cosine)':>15}"
+    if linear:
+        header += f" {'linear probe':>13}"
+    print(header)
+    for name, row in table.items():
+        line = f"{name:<12} {row['knn200_weighted'] * 100:>25.2f}% {row['nn20_cosine'] * 100:>14.2f}%"
+        if linear:
+            line += f" {linear[name] * 100:>12.2f}%"
+        print(line)
+
+
+# ----------------------------------------------------------------- commands
+def cmd_pretrain(args):
+    import keras
+
+    import kcl
+
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1. Received: {getattr(args, flag)}")
+    if args.width <= 0:
+        raise ValueError(f"--width must be positive. Received: --width={args.width}")
+    method_cls = kcl.methods.get(args.method)
+    _check_output_dir(args.out)
+    keras.utils.set_random_seed(args.seed)
+
+    x_train, y_train = _load_split(args, "train")
+    x_test, y_test = _load_split(args, "test")
+    steps_per_epoch = len(x_train) // args.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(x_train)} training images make no full batch of {args.batch_size}. "
+            f"Received: --batch-size={args.batch_size}"
+        )
+    num_classes = int(max(y_train.max(), y_test.max()) + 1)
+    size, channels = x_train.shape[1], x_train.shape[-1]
+
+    encoder = kcl.backbones.get(
+        args.backbone, input_shape=(size, size, channels), width=args.width, synchronized_bn=True
+    )
+    model = method_cls(
+        encoder,
+        augmenter=method_cls.default_augmenter(size, seed=args.seed),
+        num_classes=None if args.no_probe else num_classes,
+        **dict(args.set),
+    )
+    model.compile(optimizer=_optimizer(args, steps_per_epoch))
+    dataset = kcl.data.pretrain_dataset(
+        x_train, None if args.no_probe else y_train, batch_size=args.batch_size, seed=args.seed
+    )
+
+    callbacks = []
+    if args.knn_every:
+        bank = min(args.knn_bank, len(x_train))
+        callbacks.append(
+            kcl.eval.KNNMonitor((x_train[:bank], y_train[:bank]), (x_test, y_test), every=args.knn_every)
+        )
+    callbacks += [
+        keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv")),
+        keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False),
+        keras.callbacks.ModelCheckpoint(os.path.join(args.out, "model.keras")),
+    ]
+    print(
+        f"kcl: {method_cls.__name__} on {args.data} ({len(x_train)} images, {size}x{size}x{channels}), "
+        f"{args.backbone} x{args.width:g}, batch {args.batch_size}, {args.epochs} epochs",
+        flush=True,
+    )
+    started = time.time()
+    history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=0 if args.quiet else 1)
+    train_seconds = time.time() - started
+    model.save(os.path.join(args.out, "model.keras"))
+    with open(os.path.join(args.out, "history.json"), "w") as f:
+        json.dump(history.history, f, indent=1)
+
+    print("kcl: evaluating on the full training set as memory bank ...", flush=True)
+    features = (kcl.eval.embed(model, x_train), kcl.eval.embed(model, x_test))
+    table = _knn_table((x_train, y_train), (x_test, y_test), features)
+    _print_table(table)
+    metrics = {
+        "method": method_cls.__name__,
+        "data": args.data,
+        "backbone": args.backbone,
+        "width": args.width,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "train_seconds": round(train_seconds, 1),
+        "knn": table,
+    }
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+
+    try:
+        plot = kcl.eval.plot_history(
+            history,
+            os.path.join(args.out, "training.png"),
+            title=f"{method_cls.__name__} on {args.data}",
+            baseline=("raw pixels kNN-200", table["raw pixels"]["knn200_weighted"]),
+        )
+        print(f"kcl: plot of loss and kNN accuracy per epoch: {plot}")
+    except ImportError as error:
+        print(f"kcl: no plot ({error})")
+    if not args.no_export:
+        path = kcl.export.export_saved_model(model, os.path.join(args.out, "saved_model"), verbose=False)
+        print(f"kcl: SavedModel for feature extraction: {path}")
+    print(f"kcl: done in {train_seconds / 60:.1f} min of training; outputs in {args.out}")
+    return metrics
+
+
+def _load_model(path):
+    import keras
+
+    import kcl  # noqa: F401  registers kcl's serialisable classes
+
+    if not os.path.exists(path):
+        raise ValueError(f"No such model file. Received: --model={path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"--model must be a .keras file. Received: --model={path}")
+    return keras.models.load_model(path)
+
+
+def cmd_eval(args):
+    import kcl
+
+    model = _load_model(args.model)
+    train = _load_split(args, "train")
+    test = _load_split(args, "test")
+    features = (kcl.eval.embed(model, train[0]), kcl.eval.embed(model, test[0]))
+    table = _knn_table(train, test, features)
+    linear = None
+    if not args.no_linear:
+        linear = {
+            "raw pixels": kcl.eval.linear_probe(kcl.eval.pixels(train[0]), train[1], kcl.eval.pixels(test[0]), test[1]),
+            "encoder": kcl.eval.linear_probe(features[0], train[1], features[1], test[1]),
+        }
+    _print_table(table, linear)
+    results = {"knn": table, "linear_probe": linear}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+def cmd_export(args):
+    import kcl
+
+    model = _load_model(args.model)
+    size = None if args.image_size is None else (args.image_size, args.image_size)
+    _check_output_dir(os.path.dirname(os.path.abspath(args.out)))
+    kcl.export.export_saved_model(model, args.out, image_size=size)
+    print(f"kcl: SavedModel written to {args.out}")
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    command = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export}[args.command]
+    try:
+        command(args)
+    except (ValueError, FileNotFoundError) as error:
+        # User errors get one clear line, not a stack trace.
+        print(f"kcl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

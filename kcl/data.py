@@ -1,0 +1,369 @@
+"""Datasets: Fashion-MNIST from local files, tfds datasets by name, image folders.
+
+Fashion-MNIST is kcl's embedded default: real data (60k train / 10k test,
+28x28 grey) that installs from a Debian package, so the demo and the tests
+run without internet. It is looked for, in order, in
+
+1. `$KCL_DATA/fashion-mnist`,
+2. `/usr/share/datasets/fashion-mnist` (Debian package `dataset-fashion-mnist`),
+3. the Keras cache (`~/.keras/datasets/fashion-mnist`),
+
+and only then downloaded through `keras.datasets`, saying so.
+
+All loaders return images as uint8 `[N, H, W, C]` (grey images keep a
+channel axis) and labels as int64 `[N]`, or a `tf.data.Dataset` of such
+`(image, label)` pairs for datasets too large for memory.
+"""
+
+import gzip
+import os
+import sys
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+INSTALL_HINT = (
+    "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+    "or put the four idx .gz files in $KCL_DATA/fashion-mnist, or run "
+    "`make data`."
+)
+
+
+def fashion_mnist_dirs():
+    """Directories searched for the Fashion-MNIST idx files, in order."""
+    dirs = []
+    if os.environ.get("KCL_DATA"):
+        dirs.append(os.path.join(os.environ["KCL_DATA"], "fashion-mnist"))
+    dirs.append("/usr/share/datasets/fashion-mnist")
+    dirs.append(os.path.join(os.path.expanduser("~"), ".keras", "datasets", "fashion-mnist"))
+    return dirs
+
+
+def read_idx(path):
+    """Reads an IDX file (the MNIST format), gzipped or not, as a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(
+            f"Not an unsigned-byte IDX file (bad magic number). Received: path={path!r}"
+        )
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(
+            f"Truncated IDX file: header says {dims}, found {data.size} values. "
+            f"Received: path={path!r}"
+        )
+    return data.reshape(dims)
+
+
+def load_fashion_mnist(split="train", download=True, verbose=True):
+    """Loads a Fashion-MNIST split as `(images uint8 [N, 28, 28, 1], labels int64 [N])`.
+
+    Args:
+        split: `"train"` (60,000 images) or `"test"` (10,000). Defaults to
+            `"train"`.
+        download: if no local copy exists, download through
+            `keras.datasets.fashion_mnist` (says so on stderr). Defaults to
+            `True`.
+        verbose: print where the data came from. Defaults to `True`.
+
+    Example:
+
+    >>> x, y = kcl.data.load_fashion_mnist("test")
+    >>> x.shape, x.dtype, y[:3]
+    ((10000, 28, 28, 1), dtype('uint8'), array([9, 2, 1]))
+    """
+    if split not in _FASHION_MNIST_FILES:
+        raise ValueError(
+            f"`split` must be one of {sorted(_FASHION_MNIST_FILES)}. Received: split={split!r}"
+        )
+    image_file, label_file = _FASHION_MNIST_FILES[split]
+    for directory in fashion_mnist_dirs():
+        images_path = os.path.join(directory, image_file)
+        labels_path = os.path.join(directory, label_file)
+        if os.path.exists(images_path) and os.path.exists(labels_path):
+            images = read_idx(images_path)[..., None]
+            labels = read_idx(labels_path).astype("int64")
+            if len(images) != len(labels):
+                raise ValueError(
+                    f"{images_path} holds {len(images)} images but {labels_path} "
+                    f"holds {len(labels)} labels."
+                )
+            if verbose:
+                print(f"kcl: Fashion-MNIST {split} from {directory}", file=sys.stderr)
+            return images, labels
+    searched = ", ".join(fashion_mnist_dirs())
+    if not download:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found (searched {searched}). {INSTALL_HINT}"
+        )
+    print(
+        f"kcl: Fashion-MNIST not found locally (searched {searched}); "
+        "downloading through keras.datasets.fashion_mnist.",
+        file=sys.stderr,
+    )
+    try:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as error:  # network errors come in many types
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found locally (searched {searched}) and the "
+            f"download failed ({error}). {INSTALL_HINT}"
+        ) from error
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return images[..., None], labels.astype("int64")
+
+
+def load_tfds(name, split="train", data_dir=None, download=False, image_size=None):
+    """Loads a TensorFlow Datasets dataset as a `tf.data.Dataset` of `(image uint8, label)`.
+
+    The dataset must be prepared in `data_dir` (tfds' default when `None`)
+    unless `download=True`. ImageNet needs its archives in tfds' manual
+    directory (`data_dir/downloads/manual`).
+
+    Args:
+        name: a tfds name, e.g. `"cifar10"`, `"stl10"`, `"imagenet2012"`.
+        split: a tfds split string. Defaults to `"train"`.
+        data_dir: tfds data directory. Defaults to `None`.
+        download: let tfds download and prepare. Defaults to `False`.
+        image_size: `(height, width)` to resize to (needed to batch datasets
+            of varied image sizes), or `None`. Defaults to `None`.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:
+        raise ValueError(
+            f"Unknown tfds dataset. See `tfds.list_builders()`. Received: name={name!r}"
+        ) from error
+    if download:
+        builder.download_and_prepare()
+    elif not _tfds_prepared(builder):
+        raise FileNotFoundError(
+            f"The tfds dataset {name!r} is not prepared in {builder.data_dir!r}. "
+            f"Prepare it with `tfds build {name} --data_dir=<dir>` on a machine "
+            "with internet (ImageNet: put its archives in <dir>/downloads/manual "
+            "first), or pass download=True."
+        )
+    dataset = builder.as_dataset(split=split, as_supervised=True)
+
+    def convert(image, label):
+        if image_size is not None:
+            image = tf.image.resize(image, image_size, antialias=True)
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return image, tf.cast(label, tf.int64)
+
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _tfds_prepared(builder):
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def load_image_folder(directory, image_size, channels=3, shuffle=False, seed=None):
+    """Loads `directory/<class name>/<image>` files as a `tf.data.Dataset` of `(image uint8, label)`.
+
+    Class indices follow the sorted sub-directory names. Images are resized
+    to `image_size` (aspect ratio not kept; crop in the augmenter).
+
+    Args:
+        directory: root directory with one sub-directory per class.
+        image_size: `(height, width)` after resizing.
+        channels: 1 (grey) or 3 (RGB). Defaults to `3`.
+        shuffle: shuffle file order. Defaults to `False`.
+        seed: shuffle seed. Defaults to `None`.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Image folder not found. Received: directory={directory!r}"
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels}")
+    dataset = keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred",
+        label_mode="int",
+        color_mode="grayscale" if channels == 1 else "rgb",
+        batch_size=None,
+        image_size=tuple(image_size),
+        shuffle=shuffle,
+        seed=seed,
+        verbose=False,
+    )
+    return dataset.map(
+        lambda image, label: (
+            tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+            tf.cast(label, tf.int64),
+        )
+    )
+
+
+def load(name, split="train", **kwargs):
+    """Loads a dataset by name: `"fashion_mnist"`, a directory of images, or a tfds name.
+
+    Fashion-MNIST returns numpy arrays `(images, labels)`; image folders and
+    tfds datasets return a `tf.data.Dataset` of `(image, label)` pairs.
+    `kwargs` go to `load_fashion_mnist`, `load_image_folder` or `load_tfds`.
+    """
+    if name in ("fashion_mnist", "fashion-mnist", "fmnist"):
+        return load_fashion_mnist(split, **kwargs)
+    if os.path.isdir(name):
+        return load_image_folder(os.path.join(name, split), **kwargs)
+    return load_tfds(name, split, **kwargs)
+
+
+def to_numpy(dataset, limit=None):
+    """Materialises a `(image, label)` dataset as numpy arrays (first `limit` pairs)."""
+    if limit is not None:
+        dataset = dataset.take(limit)
+    images, labels = [], []
+    for image, label in dataset.as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise ValueError("The dataset is empty. Received: an empty dataset")
+    return np.stack(images), np.asarray(labels, dtype="int64")
+
+
+def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0):
+    """A batched, shuffled, prefetched `tf.data.Dataset` for `fit`.
+
+    Drops the last incomplete batch so every step has the same static shape
+    (the queue and Sinkhorn arithmetic of later methods need it).
+
+    Args:
+        images: uint8 array `[N, H, W, C]`.
+        labels: int array `[N]` for the online probe, or `None`.
+        batch_size: global batch size. Defaults to `256`.
+        shuffle: reshuffle each epoch. Defaults to `True`.
+        seed: shuffle seed. Defaults to `0`.
+    """
+    import tensorflow as tf
+
+    if len(images) < batch_size:
+        raise ValueError(
+            f"The dataset has {len(images)} images, fewer than one batch; lower "
+            f"batch_size or add data. Received: batch_size={batch_size}"
+        )
+    elements = images if labels is None else (images, labels)
+    dataset = tf.data.Dataset.from_tensor_slices(elements)
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- checking
+def _first_batch(x, y, batch_size):
+    """(images, views, labels, global batch size) of the first batch `fit` would see."""
+    import tensorflow as tf
+
+    if isinstance(x, tf.data.Dataset):
+        if x.cardinality() == 0:
+            raise ValueError("The dataset is empty. Received: x=<empty tf.data.Dataset>")
+        batch = next(iter(x.take(1)), None)
+        if batch is None:
+            raise ValueError("The dataset is empty. Received: x=<empty tf.data.Dataset>")
+        batch = tf.nest.map_structure(np.asarray, batch)
+        if isinstance(batch, tuple) and len(batch) == 1:
+            batch = batch[0]
+        if isinstance(batch, dict):
+            images, views, labels = batch.get("images"), batch.get("views"), batch.get("label")
+        elif isinstance(batch, tuple):
+            images, views, labels = batch[0], None, batch[1]
+        else:
+            images, views, labels = batch, None, None
+        first = images if images is not None else (views[0] if views is not None and len(views) else None)
+        return images, views, labels, None if first is None else len(first)
+    if isinstance(x, dict):
+        images, views, labels = x.get("images"), x.get("views"), x.get("label")
+    else:
+        images, views, labels = x, None, y
+    arrays = [a for a in [images] + list(views if views is not None else []) if a is not None]
+    if not arrays:
+        return None, None, labels, None
+    n = len(arrays[0])
+    if n == 0:
+        raise ValueError("The dataset is empty. Received: x with 0 images")
+    size = min(n, batch_size or 32)
+    return images, views, labels, size
+
+
+def check_fit_inputs(x, y=None, batch_size=None, channels=None, num_classes=None, num_replicas=1):
+    """Checks what `ContrastiveModel.fit` receives; raises `ValueError` naming the argument.
+
+    Looks at numpy inputs whole and at the first batch of a `tf.data.Dataset`.
+    Other inputs (generators, `PyDataset`) pass unchecked.
+    """
+    import tensorflow as tf
+
+    if not isinstance(x, (np.ndarray, dict, tf.data.Dataset)):
+        return
+    images, views, labels, size = _first_batch(x, y, batch_size)
+    if images is not None:
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(
+                "Images must be a batch of shape [N, H, W, C] (add a channel axis "
+                f"to grey images: x[..., None]). Received: images.shape={images.shape}"
+            )
+        if channels is not None and images.shape[-1] != channels:
+            raise ValueError(
+                f"The encoder takes {channels}-channel images. "
+                f"Received: images.shape={images.shape}"
+            )
+        if images.dtype != np.uint8:
+            if not np.issubdtype(images.dtype, np.number):
+                raise ValueError(
+                    f"Images must be numeric. Received: images.dtype={images.dtype}"
+                )
+            low, high = float(np.min(images)), float(np.max(images))
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise ValueError(
+                    "Images contain NaN or Inf. Received: images with non-finite values"
+                )
+            if low < 0 or high > 255:
+                raise ValueError(
+                    "Raw images must be uint8 or float in [0, 255] (kcl scales "
+                    "them to [0, 1] itself). Received: images with values in "
+                    f"[{low:g}, {high:g}]"
+                )
+    for i, view in enumerate(views if views is not None else []):
+        view = np.asarray(view)
+        if view.ndim != 4:
+            raise ValueError(f"Views must be [N, H, W, C]. Received: views[{i}].shape={view.shape}")
+        if view.size and (view.min() < 0 or view.max() > 1 or not np.isfinite(view).all()):
+            raise ValueError(
+                "Precomputed views must be float in [0, 1], as the augmenters "
+                f"produce. Received: views[{i}] with values in [{view.min():g}, {view.max():g}]"
+            )
+    if labels is not None and num_classes is not None:
+        labels = np.asarray(labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"Labels must be integers in [0, {num_classes}). Received: labels "
+                f"in [{labels.min()}, {labels.max()}] with num_classes={num_classes}"
+            )
+    if size is not None and size % num_replicas:
+        raise ValueError(
+            f"The global batch ({size}) must split evenly over the {num_replicas} "
+            f"replicas; use a batch size that is a multiple of {num_replicas}. "
+            f"Received: batch_size={size}"
+        )

@@ -1,0 +1,96 @@
+"""Export of encoders as TensorFlow SavedModels for feature extraction.
+
+The SavedModel's `serving_default` signature takes uint8 images
+`[N, H, W, C]` of any height and width, resizes them to the encoder's input
+size, scales them to [0, 1] (the encoder standardises them itself) and
+returns `{"features": float32 [N, D]}`, L2-normalised. Serving code needs
+neither kcl nor Keras:
+
+    import tensorflow as tf
+    serve = tf.saved_model.load("saved_model").signatures["serving_default"]
+    features = serve(images=tf.constant(uint8_images))["features"]
+
+or, inside a Keras model, `keras.layers.TFSMLayer("saved_model",
+call_endpoint="serving_default")`.
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+
+
+def _encoder_of(model):
+    return getattr(model, "encoder", model)
+
+
+def serving_fn(encoder, image_size=None):
+    """The function behind `serving_default`: uint8 images -> L2-normalised features.
+
+    Args:
+        encoder: a `keras.Model` taking float images in [0, 1].
+        image_size: `(height, width)` the encoder is fed; defaults to the
+            encoder's static input size. Required when that is unknown.
+    """
+    input_shape = encoder.input_shape
+    if image_size is None:
+        image_size = input_shape[1:3]
+    if image_size is None or None in tuple(image_size):
+        raise ValueError(
+            "The encoder accepts any image size, so the export needs one. Pass "
+            f"image_size=(height, width). Received: image_size={image_size}"
+        )
+    height, width = (int(s) for s in image_size)
+
+    def serve(images):
+        images = tf.cast(images, tf.float32)
+        # Resizing to the training size: area-weighted (antialiased) when
+        # shrinking, bilinear when growing; a no-op at the right size.
+        images = tf.image.resize(images, (height, width), antialias=True)
+        features = encoder(images / 255.0, training=False)
+        return {"features": tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)}
+
+    return serve, (height, width)
+
+
+def export_saved_model(model, path, image_size=None, verbose=True):
+    """Writes the encoder of `model` as a SavedModel with a `serving_default` signature.
+
+    Args:
+        model: a kcl method (its `encoder` is exported) or an encoder
+            `keras.Model` taking float images in [0, 1].
+        path: output directory. Its parent must be writable.
+        image_size: `(height, width)` fed to the encoder; defaults to the
+            encoder's static input size.
+        verbose: print the signature. Defaults to `True`.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> kcl.export.export_saved_model(model, "runs/demo/saved_model")
+    >>> serve = tf.saved_model.load("runs/demo/saved_model").signatures["serving_default"]
+    >>> serve(images=tf.zeros((2, 28, 28, 1), tf.uint8))["features"].shape
+    TensorShape([2, 128])
+    """
+    encoder = _encoder_of(model)
+    if not isinstance(encoder, keras.Model):
+        raise ValueError(
+            f"`model` must be a kcl method or a keras.Model encoder. Received: model={model!r}"
+        )
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"The output directory is not writable. Received: path={path!r}")
+    serve, _ = serving_fn(encoder, image_size)
+    channels = int(encoder.input_shape[-1])
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")],
+    )
+    archive.write_out(path, verbose=verbose)
+    return path

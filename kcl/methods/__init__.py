@@ -1,0 +1,40 @@
+"""Self-supervised methods, each a `keras.Model` subclass with its own `train_step`.
+
+Every method subclasses `ContrastiveModel`; `get(name)` finds one by its
+lower-case class name, so adding a method is one import line here.
+"""
+
+import difflib
+
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.simclr import SimCLR
+
+
+def _all_methods():
+    found, stack = {}, list(ContrastiveModel.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        found[cls.__name__.lower()] = cls
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def names():
+    """Sorted names of the registered methods (lower-case class names)."""
+    return sorted(_all_methods())
+
+
+def get(name):
+    """The method class called `name` (case-insensitive), e.g. `get("simclr")`."""
+    methods = _all_methods()
+    key = str(name).lower()
+    if key not in methods:
+        close = difflib.get_close_matches(key, methods, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(
+            f"Unknown method. Known methods: {sorted(methods)}.{hint} Received: name={name!r}"
+        )
+    return methods[key]
+
+
+__all__ = ["ContrastiveModel", "SimCLR", "get", "names"]

@@ -1,0 +1,286 @@
+"""`ContrastiveModel`: what every kcl method shares.
+
+A method subclasses `ContrastiveModel` and implements one hook,
+`compute_ssl_loss(views, training)`, plus, when it has state updated
+without gradients (momentum encoders, queues, prototypes),
+`update_state_after_step(outputs)`. The base class owns the rest of the
+method contract (DESIGN.md):
+
+- the three input forms of `fit`: raw images `x`; `(x, y)` with integer
+  labels that feed only the online linear probe; or a dict
+  `{"views": [...], "label": ..., "index": ...}` of precomputed views;
+- the step order: views -> tape(forward, loss) -> apply gradients ->
+  updates without gradient -> metrics;
+- the distributed reduction: hooks return this replica's share of the
+  global mean (`kcl.distribute.global_mean`), so the summed gradients are
+  those of one device over the same global batch;
+- up-front checks of what `fit` receives, so a user error is a `ValueError`
+  that names the argument, not a TensorFlow stack trace.
+
+Image conventions: raw images are `[N, H, W, C]` uint8, or float in
+[0, 255]; views (what the augmenter returns and what the encoder takes) are
+float32 in [0, 1].
+"""
+
+import copy
+
+import keras
+import tensorflow as tf
+
+from kcl import distribute
+
+
+def _unpack(data):
+    """Splits a `fit` batch into (images, views, labels, index); absent parts are None."""
+    if isinstance(data, (tuple, list)) and len(data) == 1:
+        data = data[0]
+    if isinstance(data, dict):
+        unknown = set(data) - {"images", "views", "label", "index"}
+        if unknown:
+            raise ValueError(
+                "A batch dict may hold the keys 'images', 'views', 'label' and "
+                f"'index'. Received: keys={sorted(data)}"
+            )
+        return data.get("images"), data.get("views"), data.get("label"), data.get("index")
+    if isinstance(data, (tuple, list)):
+        # (x, y) or Keras' (x, y, sample_weight); sample weights have no
+        # meaning for a self-supervised loss and are ignored.
+        return data[0], None, data[1], None
+    return data, None, None, None
+
+
+def _check_rank_and_channels(images, channels, name):
+    shape = images.shape
+    if shape.rank != 4:
+        raise ValueError(
+            f"`{name}` must be a batch of images of shape [N, H, W, C]. "
+            f"Received: {name}.shape={tuple(shape)}"
+        )
+    if channels is not None and shape[-1] is not None and shape[-1] != channels:
+        raise ValueError(
+            f"The encoder takes {channels}-channel images, but `{name}` has "
+            f"{shape[-1]} channels. Received: {name}.shape={tuple(shape)}"
+        )
+
+
+class ContrastiveModel(keras.Model):
+    """Base class of kcl's self-supervised methods.
+
+    `model(images)` and `model.predict(images)` return encoder features of
+    raw images (uint8 or float in [0, 255]); `model.encoder` is the network
+    downstream users keep.
+
+    Args:
+        encoder: a `keras.Model` from views (float32 in [0, 1], `[N, H, W,
+            C]`) to feature vectors `[N, F]`, or the name of a backbone in
+            `kcl.backbones` (built for 3-channel input).
+        augmenter: a Keras layer turning a batch of raw images into a list of
+            view batches inside `train_step`, e.g.
+            `kcl.augment.simclr_views(32)`. `None` means the dataset yields
+            views (`{"views": [...]}`). Defaults to `None`.
+        num_classes: number of classes of the labels given to `fit`, for the
+            online linear probe trained on stop-gradient features (reported as
+            `probe_acc`). `None` means no probe; labels are then refused.
+            Defaults to `None`.
+        **kwargs: `keras.Model` arguments (`name`, ...).
+    """
+
+    def __init__(self, encoder, augmenter=None, num_classes=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(encoder, str):
+            from kcl import backbones
+
+            encoder = backbones.get(encoder)
+        if not isinstance(encoder, keras.Model):
+            raise ValueError(
+                "`encoder` must be a keras.Model or a backbone name from "
+                f"kcl.backbones.names(). Received: encoder={encoder!r}"
+            )
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(
+                "`num_classes` must be at least 2 (or None for no probe). "
+                f"Received: num_classes={num_classes}"
+            )
+        self.encoder = encoder
+        self.augmenter = augmenter
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.feature_dim = int(encoder.output_shape[-1])
+        self.channels = encoder.input_shape[-1]
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        if self.num_classes is not None:
+            self.probe = keras.layers.Dense(self.num_classes, name="probe")
+            self.probe.build((None, self.feature_dim))
+            self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+            self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_acc")
+
+    # ------------------------------------------------------------------ hooks
+    def compute_ssl_loss(self, views, training=True):
+        """Forward pass and loss of the method on a list of view batches.
+
+        Returns a dict with at least `"loss"`, this replica's share of the
+        global mean (see `kcl.distribute.global_mean`), and `"features"`, the
+        encoder features `[b, F]` of the first view (for the online probe).
+        Anything else in the dict reaches `update_state_after_step`.
+        """
+        raise NotImplementedError
+
+    def update_state_after_step(self, outputs):
+        """Updates without gradient, run after the optimizer step (EMA, queues)."""
+
+    @classmethod
+    def default_augmenter(cls, size, seed=None):
+        """The method's paper augmentation for `size` x `size` views (a Keras layer)."""
+        raise NotImplementedError(f"{cls.__name__} has no default augmenter")
+
+    # ------------------------------------------------------------- inference
+    def call(self, images, training=False):
+        return self.encoder(self.preprocess(images), training=training)
+
+    def preprocess(self, images):
+        """Raw images (uint8 or float in [0, 255]) to float32 views in [0, 1]."""
+        return tf.cast(images, "float32") / 255.0
+
+    def build(self, input_shape=None):
+        # Every variable is created in the constructors (encoder, heads,
+        # state), so there is nothing to infer from the data.
+        self.built = True
+
+    # ------------------------------------------------------------- training
+    def _views_and_labels(self, data):
+        images, views, labels, index = _unpack(data)
+        if views is None:
+            if images is None:
+                raise ValueError(
+                    "A batch must hold raw images or precomputed views. "
+                    "Received: a dict with neither 'images' nor 'views'"
+                )
+            _check_rank_and_channels(images, self.channels, "images")
+            if self.augmenter is None:
+                raise ValueError(
+                    "The model received raw images but has no augmenter. Pass "
+                    "one (e.g. augmenter=kcl.augment.simclr_views(size)) or feed "
+                    "precomputed views as {'views': [...]}. Received: augmenter=None"
+                )
+            views = self.augmenter(images, training=True)
+        if not isinstance(views, (list, tuple)):
+            # tf.data turns a Python list of arrays into one stacked tensor
+            # [V, N, H, W, C], which a strategy would split along the view
+            # axis. A tuple stays a structure of view batches.
+            raise ValueError(
+                "Views must be a tuple of [N, H, W, C] batches, e.g. "
+                "{'views': (view1, view2)} (tf.data stacks a list into one "
+                f"tensor). Received: views.shape={tuple(views.shape)}"
+            )
+        views = list(views)
+        for i, view in enumerate(views):
+            _check_rank_and_channels(view, self.channels, f"views[{i}]")
+        if labels is not None and self.num_classes is None:
+            raise ValueError(
+                "Labels were given but the model has no online probe to use "
+                "them. Pass num_classes=<number of classes> to the model, or fit "
+                "on images alone. Received: num_classes=None"
+            )
+        return views, labels, index
+
+    def _probe_terms(self, features, labels):
+        logits = self.probe(tf.stop_gradient(features))
+        labels = tf.cast(tf.reshape(labels, [-1]), "int32")
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, tf.cast(logits, "float32"), from_logits=True
+        )
+        return distribute.global_mean(per_example), logits, labels
+
+    def train_step(self, data):
+        views, labels, _ = self._views_and_labels(data)
+        probe_loss = logits = None
+        with tf.GradientTape() as tape:
+            outputs = self.compute_ssl_loss(views, training=True)
+            total = outputs["loss"]
+            if labels is not None:
+                probe_loss, logits, labels = self._probe_terms(outputs["features"], labels)
+                # The probe sees stop-gradient features, so adding its loss
+                # trains only the probe and leaves the encoder untouched.
+                total = total + probe_loss
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        # Order matters: EMA targets, queues and prototypes are updated from
+        # the weights *after* the optimizer step, as in the papers.
+        self.update_state_after_step(outputs)
+        return self._update_metrics(outputs, labels, probe_loss, logits)
+
+    def test_step(self, data):
+        views, labels, _ = self._views_and_labels(data)
+        outputs = self.compute_ssl_loss(views, training=False)
+        probe_loss = logits = None
+        if labels is not None:
+            probe_loss, logits, labels = self._probe_terms(outputs["features"], labels)
+        return self._update_metrics(outputs, labels, probe_loss, logits)
+
+    def _update_metrics(self, outputs, labels, probe_loss, logits):
+        # Hooks return this replica's share of the global mean; the sum over
+        # replicas is the loss of the global batch, the same on every replica.
+        self.loss_tracker.update_state(distribute.all_reduce_sum(outputs["loss"]))
+        if labels is not None:
+            self.probe_loss_tracker.update_state(distribute.all_reduce_sum(probe_loss))
+            self.probe_accuracy.update_state(labels, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        metrics = [self.loss_tracker]
+        if self.num_classes is not None:
+            metrics += [self.probe_loss_tracker, self.probe_accuracy]
+        return metrics
+
+    # ------------------------------------------------------ input checking
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        """`keras.Model.fit`, after checking the data it is given.
+
+        Checks the first batch for the image rank, channel count and value
+        range, labels against `num_classes`, an empty dataset, and a global
+        batch that does not split evenly over the replicas; each failure is a
+        `ValueError` that names the argument and the fix.
+        """
+        from kcl import data as kcl_data
+
+        kcl_data.check_fit_inputs(
+            x,
+            y,
+            batch_size=batch_size,
+            channels=self.channels,
+            num_classes=self.num_classes,
+            num_replicas=self.distribute_strategy.num_replicas_in_sync,
+        )
+        self.build()
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self.build()
+        return super().evaluate(*args, **kwargs)
+
+    # --------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            augmenter=(
+                None
+                if self.augmenter is None
+                else keras.saving.serialize_keras_object(self.augmenter)
+            ),
+            num_classes=self.num_classes,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Keras' deserialisation consumes nested dicts; work on a copy.
+        config = copy.deepcopy(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        if config.get("augmenter") is not None:
+            config["augmenter"] = keras.saving.deserialize_keras_object(config["augmenter"])
+        return cls(**config)
+

@@ -1,0 +1,130 @@
+"""SimCLR: a simple framework for contrastive learning of visual representations."""
+
+import keras
+import tensorflow as tf
+
+from kcl import augment, distribute, losses
+from kcl.heads import ProjectionHead
+from kcl.methods.base import ContrastiveModel
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class SimCLR(ContrastiveModel):
+    """SimCLR (Chen et al., 2020): NT-Xent between two augmented views.
+
+    Each image gives two views; encoder `f` and projection head `g` map them
+    to `z = g(f(v))`. The loss is NT-Xent (arXiv 2002.05709, eq. 1) over all
+    `2B` projections of the global batch: for view `i` with partner `j`,
+
+        l_i = -log( exp(s_ij / t) / sum_{k != i} exp(s_ik / t) ),  s = cosine,
+
+    averaged over the `2B` views. On `R` replicas each computes the rows of
+    its own `2b` views against the projections gathered from all replicas
+    (negatives from the whole global batch; the positive's column is offset by
+    the replica's position), and divides by the global `2B`. Both views pass
+    through the encoder as one batch of `2b`, as in the official code, so
+    batch norm sees both views; with synchronized BN (the default in the
+    head; pass a backbone built with `synchronized_bn=True` for the encoder)
+    the statistics are those of the global batch, as in the paper's global BN.
+
+    Args:
+        encoder: `keras.Model` from views to features, or a backbone name.
+        augmenter: layer making two views of raw images, e.g.
+            `kcl.augment.simclr_views(size)`; `None` if the data yields views.
+            Defaults to `None`.
+        projection_hidden_dims: hidden widths of the projection MLP (BN +
+            ReLU). Defaults to `(2048,)` (the paper's 2048-2048-128 head on
+            ResNet-50).
+        projection_dim: output width of the projection. Defaults to `128`.
+        temperature: NT-Xent temperature `t`. Defaults to `0.1` (ImageNet;
+            the paper uses 0.5 on CIFAR-10).
+        synchronized_bn: batch norm in the head over the global batch.
+            Defaults to `True`.
+        num_classes: classes for the online linear probe; `None` for none.
+            Defaults to `None`.
+        **kwargs: `keras.Model` arguments.
+
+    Example:
+
+    >>> encoder = kcl.backbones.get("resnet18_cifar", input_shape=(32, 32, 3))
+    >>> model = kcl.methods.SimCLR(
+    ...     encoder, augmenter=kcl.augment.simclr_views(32, blur=False),
+    ...     temperature=0.5)
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.3, momentum=0.9))
+    >>> model.fit(images, batch_size=256, epochs=100)
+    >>> features = model.predict(test_images)
+
+    References:
+        - [Chen et al., 2020](https://arxiv.org/abs/2002.05709)
+    """
+
+    def __init__(
+        self,
+        encoder,
+        augmenter=None,
+        projection_hidden_dims=(2048,),
+        projection_dim=128,
+        temperature=0.1,
+        synchronized_bn=True,
+        num_classes=None,
+        **kwargs,
+    ):
+        if not temperature > 0:
+            raise ValueError(
+                f"`temperature` must be positive. Received: temperature={temperature}"
+            )
+        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        self.projection_hidden_dims = tuple(int(d) for d in projection_hidden_dims)
+        self.projection_dim = int(projection_dim)
+        self.temperature = float(temperature)
+        self.synchronized_bn = bool(synchronized_bn)
+        self.projector = ProjectionHead(
+            hidden_dims=self.projection_hidden_dims,
+            output_dim=self.projection_dim,
+            synchronized=self.synchronized_bn,
+            name="projector",
+        )
+        self.projector.build((None, self.feature_dim))
+
+    @classmethod
+    def default_augmenter(cls, size, seed=None):
+        """The paper's views: ImageNet-style above 64 px, CIFAR-style below.
+
+        CIFAR-10 in the paper (appendix B.9): colour strength 0.5 and no
+        blur, which also suits Fashion-MNIST's 28 px grey images.
+        """
+        if size >= 64:
+            return augment.simclr_views(size, strength=1.0, blur=True, seed=seed)
+        return augment.simclr_views(size, strength=0.5, blur=False, seed=seed)
+
+    def compute_ssl_loss(self, views, training=True):
+        if len(views) != 2:
+            raise ValueError(
+                f"SimCLR takes exactly 2 views. Received: len(views)={len(views)}"
+            )
+        b = tf.shape(views[0])[0]
+        # One encoder pass over both views: [2b, H, W, C] -> [2b, F].
+        features = self.encoder(tf.concat(views, axis=0), training=training)
+        z = tf.math.l2_normalize(tf.cast(self.projector(features, training=training), "float32"), -1)
+        z1, z2 = z[:b], z[b:]
+        # Keys from every replica in replica order; this replica's rows start
+        # at replica_id * b in the gathered [B, D] tensors.
+        per_example = losses.nt_xent(
+            z1,
+            z2,
+            key1=distribute.all_gather(z1),
+            key2=distribute.all_gather(z2),
+            temperature=self.temperature,
+            offset=distribute.replica_id() * b,
+        )
+        return {"loss": distribute.global_mean(per_example), "features": features[:b]}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            projection_hidden_dims=list(self.projection_hidden_dims),
+            projection_dim=self.projection_dim,
+            temperature=self.temperature,
+            synchronized_bn=self.synchronized_bn,
+        )
+        return config
