@@ -8,6 +8,7 @@ Run `kcl <command> --help` for every flag.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -70,7 +71,7 @@ def build_parser():
         description="Pretrain a self-supervised encoder, print its kNN accuracy "
         "next to the raw-pixel baseline, plot loss and kNN accuracy per epoch, "
         "and export a SavedModel. Writes into --out: model.keras, history.json, "
-        "metrics.json, training.png, saved_model/, logs/ (TensorBoard).",
+        "metrics.json, training.png, saved_model/, and logs/ for TensorBoard when it is installed.",
     )
     pretrain.add_argument("--method", default="simclr", help="method name (kcl.methods.names()). Default: simclr.")
     pretrain.add_argument(
@@ -93,7 +94,8 @@ def build_parser():
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate, reached after one warm-up epoch and decayed "
+        help="peak learning rate, reached after a warm-up of one epoch (or a "
+        "tenth of the run if shorter) and decayed "
         "by a cosine. Default: 2e-3 for adamw, 0.06 x batch/256 for sgd.",
     )
     pretrain.add_argument("--weight-decay", type=float, default=None, help="Default: 1e-4 (adamw), 5e-4 (sgd).")
@@ -199,10 +201,12 @@ def _optimizer(args, steps_per_epoch):
     import keras
 
     total = args.epochs * steps_per_epoch
+    # Warm up for one epoch, or a tenth of the run when that is shorter.
+    warmup = min(steps_per_epoch, total // 10)
     if args.optimizer == "adamw":
-        lr = _schedule(args.lr or 2e-3, total, steps_per_epoch)
+        lr = _schedule(args.lr or 2e-3, total, warmup)
         return keras.optimizers.AdamW(lr, weight_decay=1e-4 if args.weight_decay is None else args.weight_decay)
-    lr = _schedule(args.lr or 0.06 * args.batch_size / 256, total, steps_per_epoch)
+    lr = _schedule(args.lr or 0.06 * args.batch_size / 256, total, warmup)
     return keras.optimizers.SGD(
         lr, momentum=0.9, weight_decay=5e-4 if args.weight_decay is None else args.weight_decay
     )
@@ -216,11 +220,13 @@ def _knn_table(train, test, features=None):
     rows = {"raw pixels": (kcl_eval.pixels(x_train), kcl_eval.pixels(x_test))}
     if features is not None:
         rows["encoder"] = features
+    # Training sets smaller than k vote with all of their images.
+    k200, k20 = min(200, len(y_train)), min(20, len(y_train))
     table = {}
     for name, (f_train, f_test) in rows.items():
         table[name] = {
-            "knn200_weighted": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=200, temperature=0.1),
-            "nn20_cosine": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=20, weighted=False),
+            "knn200_weighted": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=k200, temperature=0.1),
+            "nn20_cosine": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=k20, weighted=False),
         }
     return table
 
@@ -285,9 +291,10 @@ def cmd_pretrain(args):
         )
     callbacks += [
         keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False),
         keras.callbacks.ModelCheckpoint(os.path.join(args.out, "model.keras")),
     ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False))
     print(
         f"kcl: {method_cls.__name__} on {args.data} ({len(x_train)} images, {size}x{size}x{channels}), "
         f"{args.backbone} x{args.width:g}, batch {args.batch_size}, {args.epochs} epochs",

@@ -96,7 +96,6 @@ def knn_classify(
     bank = tf.math.l2_normalize(tf.constant(train_features), axis=1)
     bank_labels = tf.constant(train_labels)
 
-    @tf.function
     def predict_block(queries):
         similarity = tf.matmul(tf.math.l2_normalize(queries, axis=1), bank, transpose_b=True)
         top, index = tf.math.top_k(similarity, k=k)  # [m, k]
@@ -204,8 +203,10 @@ class KNNMonitor(keras.callbacks.Callback):
         encoder = self.model.encoder
         train = embed(encoder, self.train_images, self.batch_size)
         test = embed(encoder, self.test_images, self.batch_size)
+        # A memory bank smaller than k votes with all of its features.
+        k = min(self.k, len(train))
         logs["knn_acc"] = knn_accuracy(
-            train, self.train_labels, test, self.test_labels, k=self.k, temperature=self.temperature
+            train, self.train_labels, test, self.test_labels, k=k, temperature=self.temperature
         )
 
 

@@ -1,0 +1,39 @@
+# kcl: the two commands of the README, and a few more.
+#   make demo   pretrain SimCLR on Fashion-MNIST, evaluate, plot, export (CPU, ~10 min)
+#   make test   run the test suite
+# Both create the virtual environment and install what they need first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kcl-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test data bench install clean
+
+# A fresh virtual environment with kcl (editable), TensorFlow for CPU,
+# matplotlib for the plots and pytest; redone when the package metadata changes.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[cpu,plots,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data:
+	@bash scripts/get-fashion-mnist.sh
+
+demo: $(STAMP) data
+	$(BIN)/kcl pretrain --method simclr --data fashion_mnist \
+		--backbone resnet18_cifar --width 0.25 --epochs 2 --batch-size 256 \
+		--out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python benchmarks/simclr_step.py --markdown
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
