@@ -852,7 +852,7 @@ def _color_ops(jitter, gray_p, seeds, jitter_p=0.8):
     ]
 
 
-def simclr_views(size, strength=1.0, blur=True, seed=None):
+def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), seed=None):
     """SimCLR's two views: crop, flip, colour distortion, blur.
 
     Each view: `RandomResizedCrop(scale=(0.08, 1))`, horizontal flip, colour
@@ -867,6 +867,8 @@ def simclr_views(size, strength=1.0, blur=True, seed=None):
         strength: float > 0, colour distortion strength `s`. Defaults to
             `1.0`.
         blur: bool, whether to blur. Defaults to `True`.
+        crop_scale: `(min, max)` area fraction of the random crops.
+            Defaults to `(0.08, 1.0)` (the paper's).
         seed: int or None, base seed; layer `k` is seeded `seed + k`.
             Defaults to `None` (random).
 
@@ -891,7 +893,7 @@ def simclr_views(size, strength=1.0, blur=True, seed=None):
 
     def view():
         ops = [
-            RandomResizedCrop(size, size, scale=(0.08, 1.0), seed=next(seeds)),
+            RandomResizedCrop(size, size, scale=crop_scale, seed=next(seeds)),
             RandomFlip(seed=next(seeds)),
             *_color_ops((0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), 0.2, seeds),
         ]

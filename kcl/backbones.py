@@ -30,6 +30,8 @@ import difflib
 import numbers
 
 import keras
+
+from kcl import layers
 from keras import layers as L
 
 # Per-channel statistics of ImageNet, the convention of torchvision models
@@ -338,7 +340,7 @@ def _per_channel(arg, value, default, channels):
 
 def _bn_factory(synchronized):
     def bn(name, zero_gamma=False):
-        return L.BatchNormalization(
+        return layers.BatchNormalization(
             momentum=0.9,
             epsilon=1e-5,
             gamma_initializer="zeros" if zero_gamma else "ones",

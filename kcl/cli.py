@@ -10,6 +10,7 @@ Run `kcl <command> --help` for every flag.
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -109,6 +110,15 @@ def build_parser():
         "values parsed as JSON).",
     )
     pretrain.add_argument(
+        "--augment",
+        type=_parse_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument of the method's view pipeline, e.g. --augment "
+        "crop_scale=[0.2,1.0] (repeatable; values parsed as JSON).",
+    )
+    pretrain.add_argument(
         "--knn-every",
         type=int,
         default=1,
@@ -162,17 +172,25 @@ def _load_split(args, split):
     from kcl import data
 
     limit = args.train_limit if split == "train" else args.test_limit
+    for flag in ("train_limit", "test_limit", "image_size"):
+        value, name = getattr(args, flag), "--" + flag.replace("_", "-")
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
     if args.data in ("fashion_mnist", "fashion-mnist", "fmnist"):
         images, labels = data.load_fashion_mnist(split)
         return images[:limit], labels[:limit]
     kwargs = {}
     if args.image_size:
         kwargs["image_size"] = (args.image_size, args.image_size)
-    if os.path.isdir(args.data) and "image_size" not in kwargs:
-        raise ValueError(
-            "Image folders need a size to resize to. Pass --image-size. "
-            "Received: --image-size=None"
-        )
+    if os.path.isdir(args.data):
+        if "image_size" not in kwargs:
+            raise ValueError(
+                "Image folders need a size to resize to. Pass --image-size. "
+                "Received: --image-size=None"
+            )
+        # Folders list their files class by class; shuffle so that --*-limit
+        # and the kNN monitor's first images hold every class.
+        kwargs.update(shuffle=True, seed=getattr(args, "seed", 0))
     return data.to_numpy(data.load(args.data, split, **kwargs), limit=limit)
 
 
@@ -249,12 +267,23 @@ def cmd_pretrain(args):
 
     import kcl
 
-    for flag in ("epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1. Received: {getattr(args, flag)}")
+    for flag, least in (("epochs", 1), ("batch_size", 1), ("knn_bank", 1), ("knn_every", 0)):
+        value = getattr(args, flag)
+        if value < least:
+            name = "--" + flag.replace("_", "-")
+            raise ValueError(f"{name} must be at least {least}. Received: {name}={value}")
     if args.width <= 0:
         raise ValueError(f"--width must be positive. Received: --width={args.width}")
-    method_cls = kcl.methods.get(args.method)
+    # Names are checked before the (slow) data loading, and errors name the flag.
+    try:
+        method_cls = kcl.methods.get(args.method)
+    except ValueError as error:
+        raise ValueError(f"--method: {error}") from None
+    if args.backbone not in kcl.backbones.names():
+        raise ValueError(
+            f"Unknown backbone. Known names: {', '.join(kcl.backbones.names())}. "
+            f"Received: --backbone={args.backbone}"
+        )
     _check_output_dir(args.out)
     keras.utils.set_random_seed(args.seed)
 
@@ -272,12 +301,22 @@ def cmd_pretrain(args):
     encoder = kcl.backbones.get(
         args.backbone, input_shape=(size, size, channels), width=args.width, synchronized_bn=True
     )
-    model = method_cls(
-        encoder,
-        augmenter=method_cls.default_augmenter(size, seed=args.seed),
-        num_classes=None if args.no_probe else num_classes,
-        **dict(args.set),
-    )
+    try:
+        augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--augment: {error}") from None
+    try:
+        model = method_cls(
+            encoder,
+            augmenter=augmenter,
+            num_classes=None if args.no_probe else num_classes,
+            **dict(args.set),
+        )
+    except (TypeError, ValueError) as error:
+        if not args.set:
+            raise
+        # An unknown name, or a value of the wrong type, given through --set.
+        raise ValueError(f"--set: {error}") from None
     model.compile(optimizer=_optimizer(args, steps_per_epoch))
     dataset = kcl.data.pretrain_dataset(
         x_train, None if args.no_probe else y_train, batch_size=args.batch_size, seed=args.seed
@@ -304,8 +343,13 @@ def cmd_pretrain(args):
     history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=0 if args.quiet else 1)
     train_seconds = time.time() - started
     model.save(os.path.join(args.out, "model.keras"))
+    # Epochs the kNN monitor skipped hold NaN, written as JSON null.
+    logs = {
+        key: [None if isinstance(value, float) and math.isnan(value) else value for value in values]
+        for key, values in history.history.items()
+    }
     with open(os.path.join(args.out, "history.json"), "w") as f:
-        json.dump(history.history, f, indent=1)
+        json.dump(logs, f, indent=1)
 
     print("kcl: evaluating on the full training set as memory bank ...", flush=True)
     features = (kcl.eval.embed(model, x_train), kcl.eval.embed(model, x_test))
@@ -378,10 +422,12 @@ def cmd_eval(args):
 def cmd_export(args):
     import kcl
 
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image-size must be at least 1. Received: --image-size={args.image_size}")
     model = _load_model(args.model)
     size = None if args.image_size is None else (args.image_size, args.image_size)
     _check_output_dir(os.path.dirname(os.path.abspath(args.out)))
-    kcl.export.export_saved_model(model, args.out, image_size=size)
+    kcl.export.export_saved_model(model, args.out, image_size=size, verbose=False)
     print(f"kcl: SavedModel written to {args.out}")
 
 

@@ -18,6 +18,7 @@ channel axis) and labels as int64 `[N]`, or a `tf.data.Dataset` of such
 import gzip
 import os
 import sys
+import zlib
 
 import numpy as np
 
@@ -49,13 +50,24 @@ def fashion_mnist_dirs():
 def read_idx(path):
     """Reads an IDX file (the MNIST format), gzipped or not, as a numpy array."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        # A cut-off download or a plain file named .gz.
+        raise ValueError(
+            f"Truncated or corrupt gzip file ({error}). Received: path={path!r}"
+        ) from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(
             f"Not an unsigned-byte IDX file (bad magic number). Received: path={path!r}"
         )
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(
+            f"Truncated IDX file: the header of {ndim} dimensions is cut off. "
+            f"Received: path={path!r}"
+        )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):

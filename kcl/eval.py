@@ -172,10 +172,10 @@ class KNNMonitor(keras.callbacks.Callback):
     Args:
         train_data: `(images, labels)` of the memory bank (raw images).
         test_data: `(images, labels)` to classify.
-        k: neighbours. Defaults to `200`.
+        k: neighbours (at most the memory bank's size). Defaults to `200`.
         temperature: vote temperature. Defaults to `0.1`.
-        every: evaluate every this many epochs (and after the last).
-            Defaults to `1`.
+        every: evaluate every this many epochs (and after the last); the
+            other epochs log `knn_acc` as NaN. Defaults to `1`.
         batch_size: batch size for feature extraction. Defaults to `512`.
 
     Example:
@@ -197,8 +197,14 @@ class KNNMonitor(keras.callbacks.Callback):
         self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
-        last = self.params and epoch + 1 == self.params.get("epochs")
-        if logs is None or ((epoch + 1) % self.every and not last):
+        if logs is None:
+            return
+        last = bool(self.params) and epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every and not last:
+            # NaN marks "not measured": History's lists stay aligned with
+            # the epochs and CSVLogger, which fixes its columns at the first
+            # epoch, keeps the column.
+            logs["knn_acc"] = float("nan")
             return
         encoder = self.model.encoder
         train = embed(encoder, self.train_images, self.batch_size)
@@ -236,10 +242,14 @@ def plot_history(history, path, title=None, baseline=None):
     axes[0].plot(epochs, logs["loss"], marker="o")
     axes[0].set(xlabel="epoch", ylabel="training loss", title="loss")
     for key in accuracy_keys:
-        axes[1].plot(epochs[: len(logs[key])], np.asarray(logs[key]) * 100, marker="o", label=key)
+        # Epochs a monitor skipped hold NaN; plot the measured ones.
+        values = np.asarray(logs[key], dtype="float64")
+        measured = np.isfinite(values)
+        label = {"knn_acc": "knn_acc (test set)", "probe_acc": "probe_acc (training batches)"}[key]
+        axes[1].plot(epochs[: len(values)][measured], values[measured] * 100, marker="o", label=label)
     if baseline is not None:
         axes[1].axhline(baseline[1] * 100, color="grey", linestyle="--", label=baseline[0])
-    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     if accuracy_keys or baseline is not None:
         axes[1].legend()
     for axis in axes:

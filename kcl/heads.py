@@ -9,6 +9,8 @@ synchronized across replicas or not), and two named defaults.
 
 import keras
 
+from kcl import layers
+
 
 @keras.saving.register_keras_serializable(package="kcl")
 class MLPHead(keras.layers.Layer):
@@ -74,7 +76,7 @@ class MLPHead(keras.layers.Layer):
         def bn(name, affine=True):
             # Momentum 0.9 and epsilon 1e-5 are PyTorch's BN defaults, which
             # the reference implementations of every method use.
-            return keras.layers.BatchNormalization(
+            return layers.BatchNormalization(
                 momentum=0.9,
                 epsilon=1e-5,
                 center=affine,

@@ -129,8 +129,12 @@ class ContrastiveModel(keras.Model):
         """Updates without gradient, run after the optimizer step (EMA, queues)."""
 
     @classmethod
-    def default_augmenter(cls, size, seed=None):
-        """The method's paper augmentation for `size` x `size` views (a Keras layer)."""
+    def default_augmenter(cls, size, seed=None, **overrides):
+        """The method's paper augmentation for `size` x `size` views (a Keras layer).
+
+        `overrides` replace arguments of the underlying `kcl.augment`
+        pipeline, e.g. `crop_scale=(0.2, 1.0)`.
+        """
         raise NotImplementedError(f"{cls.__name__} has no default augmenter")
 
     # ------------------------------------------------------------- inference
@@ -255,6 +259,10 @@ class ContrastiveModel(keras.Model):
             num_replicas=self.distribute_strategy.num_replicas_in_sync,
         )
         self.build()
+        if isinstance(x, tf.data.Dataset):
+            # A dataset is shuffled by its own pipeline; Keras' default
+            # shuffle=True would only warn that it is ignored.
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     def evaluate(self, *args, **kwargs):

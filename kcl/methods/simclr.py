@@ -87,15 +87,17 @@ class SimCLR(ContrastiveModel):
         self.projector.build((None, self.feature_dim))
 
     @classmethod
-    def default_augmenter(cls, size, seed=None):
-        """The paper's views: ImageNet-style above 64 px, CIFAR-style below.
+    def default_augmenter(cls, size, seed=None, **overrides):
+        """The paper's views: ImageNet-style from 64 px, CIFAR-style below.
 
         CIFAR-10 in the paper (appendix B.9): colour strength 0.5 and no
-        blur, which also suits Fashion-MNIST's 28 px grey images.
+        blur. `overrides` go to `kcl.augment.simclr_views`.
         """
         if size >= 64:
-            return augment.simclr_views(size, strength=1.0, blur=True, seed=seed)
-        return augment.simclr_views(size, strength=0.5, blur=False, seed=seed)
+            defaults = dict(strength=1.0, blur=True)
+        else:
+            defaults = dict(strength=0.5, blur=False)
+        return augment.simclr_views(size, seed=seed, **{**defaults, **overrides})
 
     def compute_ssl_loss(self, views, training=True):
         if len(views) != 2:

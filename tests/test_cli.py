@@ -1,0 +1,247 @@
+"""Tests of the `kcl` command: help texts, pretrain -> eval -> export end to
+end on a tiny image folder, and one-line errors (exit code 2) for bad input.
+
+Commands run in-process through `kcl.cli.main` (fast); one test runs the
+installed console script in a subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kcl import cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COMMANDS = ("pretrain", "eval", "export")
+
+
+def run(argv, capsys):
+    """`kcl argv` in-process: (exit code, stdout, stderr)."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:  # argparse: --help and bad flag syntax
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last, err
+    for needle in needles:
+        assert needle in last, err
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """train/ and test/ with 2 classes x 40 grey 16x16 PNGs: dark and bright noise."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(("dark", "bright")):
+            directory = root / split / name
+            directory.mkdir(parents=True)
+            for i in range(40):
+                image = rng.integers(0, 100, (16, 16, 1)) + 150 * label
+                keras.utils.save_img(str(directory / f"{i}.png"), image.astype("uint8"), scale=False)
+    return str(root)
+
+
+# ----------------------------------------------------------------------- help
+def options_of(command):
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    return [
+        option
+        for action in subparsers.choices[command]._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_every_command_mentions_every_flag(command, capsys):
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0
+    options = options_of(command)
+    expected = {
+        "pretrain": ["--method", "--backbone", "--width", "--data", "--image-size", "--epochs",
+                     "--batch-size", "--optimizer", "--lr", "--set", "--knn-every", "--knn-bank",
+                     "--no-probe", "--no-export", "--seed", "--out"],
+        "eval": ["--model", "--data", "--image-size", "--no-linear", "--json"],
+        "export": ["--model", "--out", "--image-size"],
+    }[command]
+    assert set(expected) <= set(options)
+    for option in options:
+        assert option in out, option
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    assert all(command in out for command in COMMANDS)
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, err = run([], capsys)
+    assert code == 2 and "Traceback" not in err
+
+
+def test_console_script_help():
+    script = os.path.join(os.path.dirname(sys.executable), "kcl")
+    if not os.path.exists(script):
+        pytest.skip("the kcl console script is not installed")
+    result = subprocess.run(
+        [script, "pretrain", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--method" in result.stdout and "--knn-bank" in result.stdout
+
+
+# ----------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def pretrained(folder, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "run")
+    argv = [
+        "pretrain", "--data", folder, "--image-size", "16", "--backbone", "resnet18_cifar",
+        "--width", "0.125", "--epochs", "1", "--batch-size", "16", "--knn-bank", "40",
+        "--out", out, "--quiet",
+    ]
+    code = cli.main(argv)
+    return code, out
+
+
+def test_pretrain_end_to_end_writes_every_output(pretrained):
+    code, out = pretrained
+    assert code == 0
+    for name in ("model.keras", "history.json", "metrics.json", "training.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.path.isfile(os.path.join(out, "saved_model", "saved_model.pb"))
+
+    with open(os.path.join(out, "history.json")) as f:
+        history = json.load(f)
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    # The monitor's bank is the first 40 of 80 training images; on an image
+    # folder they hold both classes (a bank of one class scores exactly 0.5).
+    assert 0.5 < history["knn_acc"][0] <= 1.0
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["method"] == "SimCLR" and metrics["epochs"] == 1
+    for row in ("raw pixels", "encoder"):
+        assert 0.0 <= metrics["knn"][row]["knn200_weighted"] <= 1.0
+        assert 0.0 <= metrics["knn"][row]["nn20_cosine"] <= 1.0
+    with open(os.path.join(out, "training.png"), "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+
+    # The image folder is read as RGB (channels=3).
+    serve = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
+    features = serve(images=tf.zeros((2, 16, 16, 3), tf.uint8))["features"]
+    assert features.shape[0] == 2 and features.dtype == tf.float32
+
+
+def test_eval_of_the_pretrained_model(pretrained, folder, tmp_path, capsys):
+    _, out = pretrained
+    results_path = str(tmp_path / "results.json")
+    code, stdout, err = run(
+        ["eval", "--model", os.path.join(out, "model.keras"), "--data", folder,
+         "--image-size", "16", "--no-linear", "--json", results_path],
+        capsys,
+    )
+    assert code == 0, err
+    assert "raw pixels" in stdout and "encoder" in stdout
+    with open(results_path) as f:
+        results = json.load(f)
+    assert results["linear_probe"] is None
+    assert 0.0 <= results["knn"]["encoder"]["knn200_weighted"] <= 1.0
+
+
+def test_export_of_the_pretrained_model(pretrained, tmp_path, capsys):
+    _, out = pretrained
+    target = str(tmp_path / "exported")
+    code, _, err = run(["export", "--model", os.path.join(out, "model.keras"), "--out", target], capsys)
+    assert code == 0, err
+    serve = tf.saved_model.load(target).signatures["serving_default"]
+    features = serve(images=tf.zeros((1, 20, 20, 3), tf.uint8))["features"]
+    assert features.shape[0] == 1
+
+
+def test_limits_on_an_image_folder_take_every_class(folder):
+    args = cli.build_parser().parse_args(
+        ["eval", "--model", "m.keras", "--data", folder, "--image-size", "8",
+         "--train-limit", "10", "--test-limit", "6"]
+    )
+    images, labels = cli._load_split(args, "train")
+    assert images.shape == (10, 8, 8, 3) and set(labels.tolist()) == {0, 1}
+    again = cli._load_split(args, "train")[1]
+    np.testing.assert_array_equal(labels, again)  # the same images every run
+    assert len(cli._load_split(args, "test")[0]) == 6
+
+
+# --------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["pretrain", "--method", "nope"], ["--method", "nope"]),
+        (["pretrain", "--backbone", "resnet9000"], ["--backbone=resnet9000"]),
+        (["pretrain", "--epochs", "0"], ["--epochs=0"]),
+        (["pretrain", "--batch-size", "0"], ["--batch-size=0"]),
+        (["pretrain", "--width", "0"], ["--width=0"]),
+        (["pretrain", "--knn-bank", "0"], ["--knn-bank=0"]),
+        (["pretrain", "--train-limit", "0"], ["--train-limit=0"]),
+        (["eval", "--model", "missing.keras"], ["--model=missing.keras"]),
+        (["eval", "--model", "__file__"], ["--model=", ".keras"]),
+        (["export", "--model", "missing.keras", "--out", "x"], ["--model=missing.keras"]),
+        (["pretrain", "--set", "temperature"], ["--set"]),
+        (["pretrain", "--epochs", "many"], ["--epochs"]),
+        (["pretrain", "--optimizer", "lamb"], ["--optimizer"]),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, list) and value[0] in COMMANDS else None,
+)
+def test_bad_flags_give_one_line_errors(argv, needles, tmp_path, capsys):
+    argv = [__file__ if arg == "__file__" else arg for arg in argv]
+    if argv[0] == "pretrain":
+        argv += ["--out", str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+def folder_argv(folder, tmp_path, *extra):
+    return [
+        "pretrain", "--data", folder, "--image-size", "16", "--width", "0.125",
+        "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "out"), *extra,
+    ]
+
+
+def test_batch_larger_than_the_dataset(folder, tmp_path, capsys):
+    argv = folder_argv(folder, tmp_path)
+    argv[argv.index("--batch-size") + 1] = "1000"
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "--batch-size=1000")
+
+
+def test_image_folder_without_image_size(folder, tmp_path, capsys):
+    argv = folder_argv(folder, tmp_path)
+    del argv[argv.index("--image-size") : argv.index("--image-size") + 2]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "--image-size")
+
+
+@pytest.mark.parametrize("setting", ["bogus=1", 'temperature="warm"'])
+def test_bad_method_setting(folder, tmp_path, capsys, setting):
+    code, _, err = run(folder_argv(folder, tmp_path, "--set", setting), capsys)
+    assert_one_line_error(code, err, "--set")
+
+
+def test_unknown_dataset_name(tmp_path, capsys):
+    code, _, err = run(
+        ["pretrain", "--data", "no_such_dataset_kcl", "--out", str(tmp_path / "out")], capsys
+    )
+    assert_one_line_error(code, err, "no_such_dataset_kcl")
