@@ -44,6 +44,13 @@ def _add_data_flags(parser):
         help="resize tfds/folder images to this square size (Fashion-MNIST keeps 28).",
     )
     parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=3,
+        help="colour channels of image-folder data: 1 (grey) or 3 (RGB). Default: 3.",
+    )
+    parser.add_argument(
         "--train-limit",
         type=int,
         default=None,
@@ -190,7 +197,7 @@ def _load_split(args, split):
             )
         # Folders list their files class by class; shuffle so that --*-limit
         # and the kNN monitor's first images hold every class.
-        kwargs.update(shuffle=True, seed=getattr(args, "seed", 0))
+        kwargs.update(shuffle=True, seed=getattr(args, "seed", 0), channels=args.channels)
     return data.to_numpy(data.load(args.data, split, **kwargs), limit=limit)
 
 

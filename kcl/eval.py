@@ -134,6 +134,9 @@ def linear_probe(
     (a fast stand-in for the papers' SGD protocol, which comes with
     `kcl.eval.linear_eval` later).
 
+    `seed` seeds Keras' global random generators (initialisation and
+    shuffling), as `keras.utils.set_random_seed` does.
+
     Returns:
         Test top-1 accuracy as a float.
     """

@@ -111,8 +111,8 @@ def test_console_script_help():
 def pretrained(folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "run")
     argv = [
-        "pretrain", "--data", folder, "--image-size", "16", "--backbone", "resnet18_cifar",
-        "--width", "0.125", "--epochs", "1", "--batch-size", "16", "--knn-bank", "40",
+        "pretrain", "--data", folder, "--image-size", "16", "--channels", "1",
+        "--backbone", "resnet18_cifar", "--width", "0.125", "--epochs", "1", "--batch-size", "16", "--knn-bank", "40",
         "--out", out, "--quiet",
     ]
     code = cli.main(argv)
@@ -141,9 +141,10 @@ def test_pretrain_end_to_end_writes_every_output(pretrained):
     with open(os.path.join(out, "training.png"), "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
 
-    # The image folder is read as RGB (channels=3).
+    # The grey image folder is read with one channel (--channels 1).
     serve = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
-    features = serve(images=tf.zeros((2, 16, 16, 3), tf.uint8))["features"]
+    assert serve.structured_input_signature[1]["images"].shape[-1] == 1
+    features = serve(images=tf.zeros((2, 16, 16, 1), tf.uint8))["features"]
     assert features.shape[0] == 2 and features.dtype == tf.float32
 
 
@@ -152,7 +153,7 @@ def test_eval_of_the_pretrained_model(pretrained, folder, tmp_path, capsys):
     results_path = str(tmp_path / "results.json")
     code, stdout, err = run(
         ["eval", "--model", os.path.join(out, "model.keras"), "--data", folder,
-         "--image-size", "16", "--no-linear", "--json", results_path],
+         "--image-size", "16", "--channels", "1", "--no-linear", "--json", results_path],
         capsys,
     )
     assert code == 0, err
@@ -169,7 +170,7 @@ def test_export_of_the_pretrained_model(pretrained, tmp_path, capsys):
     code, _, err = run(["export", "--model", os.path.join(out, "model.keras"), "--out", target], capsys)
     assert code == 0, err
     serve = tf.saved_model.load(target).signatures["serving_default"]
-    features = serve(images=tf.zeros((1, 20, 20, 3), tf.uint8))["features"]
+    features = serve(images=tf.zeros((1, 20, 20, 1), tf.uint8))["features"]
     assert features.shape[0] == 1
 
 

@@ -1,9 +1,10 @@
 """`ContrastiveModel`: what every kcl method shares.
 
 A method subclasses `ContrastiveModel` and implements one hook,
-`compute_ssl_loss(views, training)`, plus, when it has state updated
-without gradients (momentum encoders, queues, prototypes),
-`update_state_after_step(outputs)`. The base class owns the rest of the
+`compute_ssl_loss(views, labels, index, training)`, plus, when it has state
+updated without gradients (momentum encoders, queues, prototypes),
+`update_state_after_step(outputs)`, and, when it reports metrics of its own,
+`method_metrics()`. The base class owns the rest of the
 method contract (DESIGN.md):
 
 - the three input forms of `fit`: raw images `x`; `(x, y)` with integer
@@ -115,8 +116,16 @@ class ContrastiveModel(keras.Model):
             self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_acc")
 
     # ------------------------------------------------------------------ hooks
-    def compute_ssl_loss(self, views, training=True):
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
         """Forward pass and loss of the method on a list of view batches.
+
+        Args:
+            views: list of `[b, H, W, C]` float32 view batches in [0, 1].
+            labels: `[b]` int labels when `fit` was given them, else `None`
+                (for metrics such as NNCLR's `nn_acc`; never for the loss).
+            index: `[b]` dataset indices when the batch dict has `"index"`
+                (PIC's instance classes), else `None`.
+            training: forward in training mode.
 
         Returns a dict with at least `"loss"`, this replica's share of the
         global mean (see `kcl.distribute.global_mean`), and `"features"`, the
@@ -124,6 +133,10 @@ class ContrastiveModel(keras.Model):
         Anything else in the dict reaches `update_state_after_step`.
         """
         raise NotImplementedError
+
+    def method_metrics(self):
+        """Metrics of the method itself (e.g. NNCLR's `nn_acc`), reset each epoch."""
+        return []
 
     def update_state_after_step(self, outputs):
         """Updates without gradient, run after the optimizer step (EMA, queues)."""
@@ -196,10 +209,10 @@ class ContrastiveModel(keras.Model):
         return distribute.global_mean(per_example), logits, labels
 
     def train_step(self, data):
-        views, labels, _ = self._views_and_labels(data)
+        views, labels, index = self._views_and_labels(data)
         probe_loss = logits = None
         with tf.GradientTape() as tape:
-            outputs = self.compute_ssl_loss(views, training=True)
+            outputs = self.compute_ssl_loss(views, labels=labels, index=index, training=True)
             total = outputs["loss"]
             if labels is not None:
                 probe_loss, logits, labels = self._probe_terms(outputs["features"], labels)
@@ -216,8 +229,8 @@ class ContrastiveModel(keras.Model):
         return self._update_metrics(outputs, labels, probe_loss, logits)
 
     def test_step(self, data):
-        views, labels, _ = self._views_and_labels(data)
-        outputs = self.compute_ssl_loss(views, training=False)
+        views, labels, index = self._views_and_labels(data)
+        outputs = self.compute_ssl_loss(views, labels=labels, index=index, training=False)
         probe_loss = logits = None
         if labels is not None:
             probe_loss, logits, labels = self._probe_terms(outputs["features"], labels)
@@ -234,7 +247,7 @@ class ContrastiveModel(keras.Model):
 
     @property
     def metrics(self):
-        metrics = [self.loss_tracker]
+        metrics = [self.loss_tracker] + list(self.method_metrics())
         if self.num_classes is not None:
             metrics += [self.probe_loss_tracker, self.probe_accuracy]
         return metrics

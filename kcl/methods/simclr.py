@@ -99,7 +99,7 @@ class SimCLR(ContrastiveModel):
             defaults = dict(strength=0.5, blur=False)
         return augment.simclr_views(size, seed=seed, **{**defaults, **overrides})
 
-    def compute_ssl_loss(self, views, training=True):
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
         if len(views) != 2:
             raise ValueError(
                 f"SimCLR takes exactly 2 views. Received: len(views)={len(views)}"

@@ -1,0 +1,201 @@
+"""Offline keys: feature queues and momentum (EMA) encoders.
+
+The survey (arXiv 2010.05113, section 4.2) calls encoders whose outputs are
+not back-propagated *offline*: a memory of past keys (MoCo's queue, NNCLR's
+support set) or a slowly moving copy of the online network (MoCo's key
+encoder, BYOL's target). Both are state updated without gradients after the
+optimizer step, and both are Keras variables owned by layers, so `model.save`,
+checkpoints and presets keep them.
+
+Distributed rule: a queue enqueues the keys of the *global* batch, gathered
+from all replicas in replica order, so every replica holds the same queue as
+one device would. Its variables use `aggregation="only_first_replica"`: each
+replica computes the same update and TensorFlow keeps replica 0's, so the
+copies can never drift apart.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from kcl import distribute
+
+
+def _normalized_normal(shape, dtype=None):
+    # MoCo initialises its queue with random unit vectors: keys that are
+    # uniformly spread on the sphere and carry no information.
+    return tf.math.l2_normalize(tf.random.normal(shape, dtype=dtype or "float32"), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class FeatureQueue(keras.layers.Layer):
+    """A FIFO of `size` feature vectors of width `dim`, with a write pointer.
+
+    `enqueue(keys)` writes the keys of the global batch (gathered from every
+    replica, in replica order) at the pointer and advances it by the global
+    batch size `B`, wrapping around: `ptr <- (ptr + B) mod size`. `size`
+    must be a multiple of `B`, so a batch never wraps in the middle.
+    Optionally a label is stored with each row (NNCLR's `nn_acc` metric);
+    rows never written hold label -1.
+
+    Args:
+        size: number of rows `K`.
+        dim: feature width `D`.
+        with_labels: also keep an int32 label per row. Defaults to `False`.
+        **kwargs: `keras.layers.Layer` arguments (`name`).
+
+    Example:
+
+    >>> queue = FeatureQueue(size=4096, dim=128)
+    >>> queue.enqueue(tf.math.l2_normalize(keys, -1))   # keys [b, 128] per replica
+    >>> logits_negative = query @ tf.transpose(queue.features)
+
+    References:
+        - [He et al., 2020 (MoCo)](https://arxiv.org/abs/1911.05722)
+    """
+
+    def __init__(self, size, dim, with_labels=False, **kwargs):
+        super().__init__(**kwargs)
+        if int(size) < 1:
+            raise ValueError(f"`size` must be positive. Received: size={size}")
+        if int(dim) < 1:
+            raise ValueError(f"`dim` must be positive. Received: dim={dim}")
+        self.size = int(size)
+        self.dim = int(dim)
+        self.with_labels = bool(with_labels)
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.queue = self.add_weight(
+            name="queue",
+            shape=(self.size, self.dim),
+            initializer=_normalized_normal,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.pointer = self.add_weight(
+            name="pointer",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        if self.with_labels:
+            self.labels = self.add_weight(
+                name="labels",
+                shape=(self.size,),
+                dtype="int32",
+                initializer=keras.initializers.Constant(-1),
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+        self.built = True
+
+    @property
+    def features(self):
+        """The queue as a `[size, dim]` tensor (no gradient flows into it)."""
+        return tf.stop_gradient(tf.convert_to_tensor(self.queue))
+
+    def call(self, inputs=None):
+        return self.features
+
+    def check_batch(self, global_batch):
+        """Raises `ValueError` unless the queue size is a multiple of `global_batch`."""
+        if global_batch is not None and self.size % int(global_batch):
+            raise ValueError(
+                f"The queue size ({self.size}) must be a multiple of the global "
+                f"batch size ({global_batch}) so that batches never wrap around "
+                f"its end; choose e.g. size={self.size - self.size % int(global_batch) or int(global_batch)}. "
+                f"Received: size={self.size}, global_batch={global_batch}"
+            )
+
+    def enqueue(self, keys, labels=None):
+        """Writes this step's keys of every replica at the pointer; returns nothing.
+
+        Args:
+            keys: `[b, dim]` local keys (gathered across replicas here).
+            labels: `[b]` integer labels when `with_labels`, else `None`.
+        """
+        keys = tf.stop_gradient(distribute.all_gather(tf.cast(keys, self.queue.dtype)))
+        batch = keys.shape[0]
+        if batch is None:
+            raise ValueError(
+                "The queue needs a static batch size (batch the dataset with "
+                "drop_remainder=True). Received: keys.shape=" + str(tuple(keys.shape))
+            )
+        if keys.shape[-1] != self.dim:
+            raise ValueError(
+                f"Keys must have width {self.dim}. Received: keys.shape={tuple(keys.shape)}"
+            )
+        self.check_batch(batch)
+        pointer = tf.convert_to_tensor(self.pointer)
+        self.queue.assign(keras.ops.slice_update(self.queue, [pointer, 0], keys))
+        if self.with_labels:
+            if labels is None:
+                labels = -tf.ones([batch], "int32")
+            else:
+                labels = distribute.all_gather(tf.cast(tf.reshape(labels, [-1]), "int32"))
+            self.labels.assign(keras.ops.slice_update(self.labels, [pointer], labels))
+        self.pointer.assign((pointer + batch) % self.size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, dim=self.dim, with_labels=self.with_labels)
+        return config
+
+
+def cosine_momentum(step, total_steps, base_momentum=0.996):
+    """BYOL's EMA schedule: `tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`.
+
+    Rises from `base_momentum` at step 0 to 1 at `total_steps` (and stays 1
+    after). Works on Python numbers and on tensors.
+
+    References:
+        - [Grill et al., 2020 (BYOL), section 3.2](https://arxiv.org/abs/2006.07733)
+    """
+    if isinstance(step, (int, float)) and isinstance(total_steps, (int, float)):
+        progress = min(max(step / total_steps, 0.0), 1.0)
+        return 1.0 - (1.0 - base_momentum) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    progress = tf.clip_by_value(tf.cast(step, "float32") / tf.cast(total_steps, "float32"), 0.0, 1.0)
+    return 1.0 - (1.0 - base_momentum) * (tf.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def ema_update(target_variables, online_variables, momentum):
+    """`target <- momentum * target + (1 - momentum) * online`, variable by variable.
+
+    Every variable of the target moves, BN moving statistics included (as in
+    BYOL's and MoCo's code, where the whole network state is averaged).
+    """
+    target_variables, online_variables = list(target_variables), list(online_variables)
+    if len(target_variables) != len(online_variables):
+        raise ValueError(
+            "The target and online networks must have the same variables. Received: "
+            f"{len(target_variables)} target and {len(online_variables)} online variables"
+        )
+    for target, online in zip(target_variables, online_variables):
+        if not target.dtype.startswith("float"):
+            continue
+        momentum_t = tf.cast(momentum, target.dtype)
+        target.assign(momentum_t * target + (1.0 - momentum_t) * tf.cast(online, target.dtype))
+
+
+def momentum_copy(network, input_shape=None):
+    """A frozen copy of `network` with the same weights: a key encoder or target network.
+
+    Models are cloned with `keras.models.clone_model`; other layers are
+    rebuilt from their config and built for `input_shape`. The copy takes the
+    network's current weights and is not trainable (it moves only by
+    `ema_update`).
+    """
+    if isinstance(network, keras.Model):
+        copy = keras.models.clone_model(network)
+    else:
+        copy = network.__class__.from_config(network.get_config())
+        copy.build(input_shape)
+    copy.set_weights(network.get_weights())
+    copy.trainable = False
+    return copy
