@@ -5,18 +5,25 @@ Public modules:
 - `kcl.backbones`: ResNet encoders in torchvision's weight layout.
 - `kcl.augment`: view pipelines as Keras layers run inside `train_step`.
 - `kcl.heads`, `kcl.losses`, `kcl.distribute`: the shared parts of methods.
-- `kcl.methods`: SimCLR and the other methods, each a `keras.Model`.
+- `kcl.queues`, `kcl.optimizers`: feature queues, momentum encoders, LARS.
+- `kcl.methods`: SimCLR, MoCo v2, BYOL, SimSiam, NNCLR, each a `keras.Model`.
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
+- `kcl.zoo`: `load(name_or_dir)`, `list()`, presets.
 """
 
 __version__ = "0.1.0"
 
-from kcl import augment  # noqa: F401
-from kcl import backbones  # noqa: F401
-from kcl import data  # noqa: F401
-from kcl import distribute  # noqa: F401
-from kcl import eval  # noqa: F401  (shadows the builtin only as kcl.eval)
-from kcl import export  # noqa: F401
-from kcl import heads  # noqa: F401
-from kcl import losses  # noqa: F401
-from kcl import methods  # noqa: F401
+from kcl import (
+    augment,  # noqa: F401
+    backbones,  # noqa: F401
+    data,  # noqa: F401
+    distribute,  # noqa: F401
+    eval,  # noqa: F401  (shadows the builtin only as kcl.eval)
+    export,  # noqa: F401
+    heads,  # noqa: F401
+    losses,  # noqa: F401
+    methods,  # noqa: F401
+    optimizers,  # noqa: F401
+    queues,  # noqa: F401
+    zoo,  # noqa: F401
+)

@@ -30,9 +30,9 @@ import difflib
 import numbers
 
 import keras
+from keras import layers as L
 
 from kcl import layers
-from keras import layers as L
 
 # Per-channel statistics of ImageNet, the convention of torchvision models
 # and of every published self-supervised checkpoint. A one-channel input

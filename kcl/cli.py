@@ -9,6 +9,7 @@ Run `kcl <command> --help` for every flag.
 
 import argparse
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -312,12 +313,16 @@ def cmd_pretrain(args):
         augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
     except (TypeError, ValueError) as error:
         raise ValueError(f"--augment: {error}") from None
+    method_args = dict(args.set)
+    if "total_steps" in inspect.signature(method_cls).parameters:
+        # Schedules inside the method (BYOL's EMA) span the whole run.
+        method_args.setdefault("total_steps", args.epochs * steps_per_epoch)
     try:
         model = method_cls(
             encoder,
             augmenter=augmenter,
             num_classes=None if args.no_probe else num_classes,
-            **dict(args.set),
+            **method_args,
         )
     except (TypeError, ValueError) as error:
         if not args.set:

@@ -536,6 +536,75 @@ def triplet(anchor, positive, negative, margin=0.2, squared=False):
 # Keras wrappers. Each unpacks `y_pred` and calls the pure function above.
 
 
+def negative_cosine_similarity(prediction, target):
+    """SimSiam's `D(p, z) = -cos(p, sg(z))`, per example.
+
+    With a stop-gradient on the target (arXiv 2011.10566, eq. 1 and 3):
+
+        D(p, z) = - p / ||p|| . sg(z) / ||sg(z)||,
+
+    in [-1, 1]: -1 when the two are parallel, 1 when antiparallel. No
+    gradient flows into `target`, only into `prediction`; the stop-gradient
+    is what keeps SimSiam from collapsing (section 4.1).
+
+    Args:
+        prediction: `[b, D]` predictor outputs `p = h(f(x))`.
+        target: `[b, D]` projections `z = f(x')` of the other view,
+            row-aligned with `prediction`.
+
+    Returns:
+        Float32 tensor `[b]` of per-example losses (no reduction).
+
+    Example:
+
+    >>> p, z = tf.random.normal((8, 2048)), tf.random.normal((8, 2048))
+    >>> negative_cosine_similarity(p, z).shape
+    TensorShape([8])
+
+    References:
+        - [Chen & He, 2020](https://arxiv.org/abs/2011.10566)
+    """
+    prediction = _embeddings("prediction", prediction)
+    target = _embeddings("target", target)
+    _check_same_size("prediction", prediction, 0, "target", target, 0, "batch size")
+    _check_same_size("prediction", prediction, 1, "target", target, 1, "feature dim")
+    p = tf.math.l2_normalize(prediction, axis=-1)
+    z = tf.math.l2_normalize(tf.stop_gradient(target), axis=-1)
+    return -tf.reduce_sum(p * z, axis=-1)
+
+
+def normalized_mse(prediction, target):
+    """BYOL's regression loss: squared distance of unit vectors, per example.
+
+    With `p = norm(prediction)` and `z = norm(sg(target))` (arXiv
+    2006.07733, eq. 2):
+
+        l = ||p - z||^2 = 2 - 2 cos(prediction, target),
+
+    which is 0 when the two are parallel, 2 when orthogonal and 4 when
+    antiparallel. The target is a stop-gradient input: no gradient flows
+    into it, only into `prediction`.
+
+    Args:
+        prediction: `[b, D]` online predictions `q(z)`.
+        target: `[b, D]` target projections, row-aligned with `prediction`.
+
+    Returns:
+        Float32 tensor `[b]` of per-example losses (no reduction).
+
+    Example:
+
+    >>> p, z = tf.random.normal((8, 256)), tf.random.normal((8, 256))
+    >>> normalized_mse(p, z).shape
+    TensorShape([8])
+
+    References:
+        - [Grill et al., 2020](https://arxiv.org/abs/2006.07733)
+    """
+    # ||p - z||^2 = |p|^2 + |z|^2 - 2 p.z = 2 - 2 cos for unit vectors.
+    return 2.0 + 2.0 * negative_cosine_similarity(prediction, target)
+
+
 def _check_stacked(y_pred, num_views, layout):
     shape = y_pred.shape
     if shape.rank is None:

@@ -120,18 +120,24 @@ class FeatureQueue(keras.layers.Layer):
             keys: `[b, dim]` local keys (gathered across replicas here).
             labels: `[b]` integer labels when `with_labels`, else `None`.
         """
-        keys = tf.stop_gradient(distribute.all_gather(tf.cast(keys, self.queue.dtype)))
-        batch = keys.shape[0]
-        if batch is None:
+        keys = tf.convert_to_tensor(keys)
+        if keys.shape.rank != 2 or keys.shape[0] is None:
             raise ValueError(
-                "The queue needs a static batch size (batch the dataset with "
-                "drop_remainder=True). Received: keys.shape=" + str(tuple(keys.shape))
+                "The queue needs keys [b, dim] with a static batch size (batch the "
+                "dataset with drop_remainder=True). Received: keys.shape="
+                + str(tuple(keys.shape))
             )
         if keys.shape[-1] != self.dim:
             raise ValueError(
                 f"Keys must have width {self.dim}. Received: keys.shape={tuple(keys.shape)}"
             )
+        # The global batch B = b * R, known when the step is traced. (The
+        # replica context's all_gather returns a tensor of unknown shape, so
+        # the static shape is restored here.)
+        batch = keys.shape[0] * distribute.num_replicas()
         self.check_batch(batch)
+        keys = tf.stop_gradient(distribute.all_gather(tf.cast(keys, self.queue.dtype)))
+        keys = tf.ensure_shape(keys, (batch, self.dim))
         pointer = tf.convert_to_tensor(self.pointer)
         self.queue.assign(keras.ops.slice_update(self.queue, [pointer, 0], keys))
         if self.with_labels:
@@ -139,6 +145,7 @@ class FeatureQueue(keras.layers.Layer):
                 labels = -tf.ones([batch], "int32")
             else:
                 labels = distribute.all_gather(tf.cast(tf.reshape(labels, [-1]), "int32"))
+                labels = tf.ensure_shape(labels, (batch,))
             self.labels.assign(keras.ops.slice_update(self.labels, [pointer], labels))
         self.pointer.assign((pointer + batch) % self.size)
 
@@ -164,23 +171,33 @@ def cosine_momentum(step, total_steps, base_momentum=0.996):
     return 1.0 - (1.0 - base_momentum) * (tf.cos(math.pi * progress) + 1.0) / 2.0
 
 
-def ema_update(target_variables, online_variables, momentum):
-    """`target <- momentum * target + (1 - momentum) * online`, variable by variable.
+def ema_update(target, online, momentum, include_statistics=False):
+    """`target <- momentum * target + (1 - momentum) * online`, weight by weight.
 
-    Every variable of the target moves, BN moving statistics included (as in
-    BYOL's and MoCo's code, where the whole network state is averaged).
+    `target` and `online` are networks of the same architecture (see
+    `momentum_copy`); their weights are paired in order. By default only the
+    online network's trainable weights are averaged, as MoCo and BYOL do:
+    the target's BN moving statistics follow its own forward passes.
+    `include_statistics=True` averages them too.
+
+    Args:
+        target: the momentum (key / target) network.
+        online: the network trained by gradients.
+        momentum: the EMA coefficient `m` (float or scalar tensor).
+        include_statistics: also average non-trainable weights. Defaults to
+            `False`.
     """
-    target_variables, online_variables = list(target_variables), list(online_variables)
-    if len(target_variables) != len(online_variables):
+    target_weights, online_weights = target.weights, online.weights
+    if [tuple(w.shape) for w in target_weights] != [tuple(w.shape) for w in online_weights]:
         raise ValueError(
-            "The target and online networks must have the same variables. Received: "
-            f"{len(target_variables)} target and {len(online_variables)} online variables"
+            "The target and online networks must have the same weights. Received: "
+            f"{len(target_weights)} target and {len(online_weights)} online weights"
         )
-    for target, online in zip(target_variables, online_variables):
-        if not target.dtype.startswith("float"):
+    for t, o in zip(target_weights, online_weights):
+        if not (o.trainable or include_statistics) or not t.dtype.startswith("float"):
             continue
-        momentum_t = tf.cast(momentum, target.dtype)
-        target.assign(momentum_t * target + (1.0 - momentum_t) * tf.cast(online, target.dtype))
+        m = tf.cast(momentum, t.dtype)
+        t.assign(m * t + (1.0 - m) * tf.cast(o, t.dtype))
 
 
 def momentum_copy(network, input_shape=None):
@@ -189,7 +206,17 @@ def momentum_copy(network, input_shape=None):
     Models are cloned with `keras.models.clone_model`; other layers are
     rebuilt from their config and built for `input_shape`. The copy takes the
     network's current weights and is not trainable (it moves only by
-    `ema_update`).
+    `ema_update`): `copy.trainable` is `False` and it has no trainable
+    weights.
+
+    Batch norm in the copy still follows the `training` argument, as in
+    PyTorch: called with `training=True` it normalises with the statistics of
+    the batch and updates its moving averages, as MoCo's key encoder and
+    BYOL's target network do in the official code. (Keras freezes a
+    `BatchNormalization` layer whose `trainable` is `False`: it would use its
+    moving statistics even in training mode. So the copy's BN layers keep
+    `trainable=True` as layers while every one of their weights is marked
+    non-trainable.)
     """
     if isinstance(network, keras.Model):
         copy = keras.models.clone_model(network)
@@ -198,4 +225,9 @@ def momentum_copy(network, input_shape=None):
         copy.build(input_shape)
     copy.set_weights(network.get_weights())
     copy.trainable = False
+    for layer in copy._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = True  # batch statistics when training=True ...
+            for weight in layer.weights:
+                weight.trainable = False  # ... but nothing for the optimizer
     return copy

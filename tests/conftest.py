@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
@@ -19,12 +19,12 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
 )
 
-import functools  # noqa: E402
+import functools
 
-import pytest  # noqa: E402
+import pytest
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def two_cpu_strategy():
     """One MirroredStrategy over the two logical CPUs, shared by the whole run.
 

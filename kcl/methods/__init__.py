@@ -7,7 +7,11 @@ lower-case class name, so adding a method is one import line here.
 import difflib
 
 from kcl.methods.base import ContrastiveModel
+from kcl.methods.byol import BYOL
+from kcl.methods.moco import MoCoV2
+from kcl.methods.nnclr import NNCLR
 from kcl.methods.simclr import SimCLR
+from kcl.methods.simsiam import SimSiam
 
 
 def _all_methods():
@@ -37,4 +41,4 @@ def get(name):
     return methods[key]
 
 
-__all__ = ["ContrastiveModel", "SimCLR", "get", "names"]
+__all__ = ["BYOL", "NNCLR", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "get", "names"]

@@ -24,11 +24,44 @@ float32 in [0, 1].
 """
 
 import copy
+import math
+import numbers
 
 import keras
 import tensorflow as tf
 
 from kcl import distribute
+
+
+def _is_positive_int(value):
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 1
+        and int(value) == value
+    )
+
+
+def check_positive_int(name, value):
+    """`value` as an int, or a `ValueError` naming `name` unless it is a positive integer."""
+    if not _is_positive_int(value):
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_widths(name, dims):
+    """Layer widths as a tuple of ints, or a `ValueError` naming `name`."""
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+        ok = False
+    else:
+        dims = tuple(dims)
+        ok = all(_is_positive_int(d) for d in dims)
+    if not ok:
+        raise ValueError(
+            f"`{name}` must be a sequence of positive integers. Received: {name}={dims!r}"
+        )
+    return tuple(int(d) for d in dims)
 
 
 def _unpack(data):

@@ -16,6 +16,7 @@ import tensorflow as tf
 import kcl
 from tests.conftest import two_cpu_strategy
 
+
 def tiny_encoder(size=16, channels=1, synchronized_bn=True):
     """A ResNet-18 with the CIFAR stem at 1/8 width: small enough for CPU tests."""
     return kcl.backbones.get(

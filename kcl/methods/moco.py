@@ -1,0 +1,208 @@
+"""MoCo v2: momentum contrast with a queue of negatives and an MLP head."""
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+from kcl import augment, distribute, losses, queues
+from kcl.heads import ProjectionHead
+from kcl.methods.base import ContrastiveModel
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class MoCoV2(ContrastiveModel):
+    """MoCo v2 (Chen et al., 2020): InfoNCE against a queue of momentum-encoded keys.
+
+    The query network is the encoder `f_q` followed by an MLP head `g_q`
+    (MoCo v2's Linear-ReLU-Linear, no batch norm); the key network
+    `(f_k, g_k)` is a copy of it that receives no gradient and follows it as
+    an exponential moving average. For the two views `x1, x2` of each image,
+
+        q  = norm(g_q(f_q(x1))),     k+ = norm(g_k(f_k(x2)))      [b, D]
+        l  = -log( exp(q.k+ / t) / (exp(q.k+ / t) + sum_j exp(q.n_j / t)) )
+
+    with `n_1 ... n_K` the queue of keys from earlier steps (MoCo v1, arXiv
+    1911.05722, eq. 1; logits `[q.k+, q.queue] / t`, label 0), averaged over
+    the global batch. After the optimizer step the key network moves,
+    `theta_k <- m theta_k + (1 - m) theta_q` (eq. 2, trainable weights only:
+    the key network's BN statistics follow its own training-mode passes), and
+    the keys `k+` of the whole global batch are enqueued in replica order,
+    replacing the oldest: `ptr <- (ptr + B) mod K`. `K` must be a multiple
+    of the global batch `B`; this is checked when the step is traced.
+
+    Batch norm: a per-device BN lets a query "cheat" by finding the key
+    whose batch statistics match its own (the sub-batch of its positive), so
+    MoCo shuffles the samples across GPUs before the key encoder. kcl uses
+    SimCLR's remedy for the same leak instead: every BN layer of the encoder
+    and of the key encoder is synchronized, so its statistics are those of
+    the whole global batch. This also keeps kcl's rule that a step on `R`
+    replicas equals a step on one device. `synchronized_bn=False` sets them to
+    per-replica BN (MoCo's per-GPU BN without the shuffle). The MLP head has
+    no BN.
+
+    Args:
+        encoder: `keras.Model` from views to features, or a backbone name.
+            Its BN layers are set to `synchronized_bn`.
+        augmenter: layer making two views of raw images, e.g.
+            `MoCoV2.default_augmenter(size)`; `None` if the data yields views.
+            Defaults to `None`.
+        projection_hidden_dims: hidden widths of the MLP head (Dense + ReLU,
+            no BN). Defaults to `(2048,)` (MoCo v2's head on ResNet-50).
+        projection_dim: width `D` of queries, keys and queue. Defaults to
+            `128`.
+        queue_size: number of negatives `K` in the queue, a multiple of the
+            global batch size. Defaults to `65536`.
+        temperature: InfoNCE temperature `t`. Defaults to `0.2`.
+        momentum: EMA coefficient `m` of the key network, in `[0, 1]`.
+            Defaults to `0.999`.
+        synchronized_bn: BN of the encoder and key encoder over the global
+            batch. Defaults to `True`.
+        num_classes: classes for the online linear probe; `None` for none.
+            Defaults to `None`.
+        **kwargs: `keras.Model` arguments.
+
+    Example:
+
+    >>> encoder = kcl.backbones.get("resnet18_cifar", input_shape=(32, 32, 3))
+    >>> model = kcl.methods.MoCoV2(
+    ...     encoder, augmenter=kcl.methods.MoCoV2.default_augmenter(32),
+    ...     projection_hidden_dims=(512,), queue_size=4096, momentum=0.99)
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.06, momentum=0.9))
+    >>> model.fit(images, batch_size=256, epochs=200)  # 4096 % 256 == 0
+    >>> features = model.predict(test_images)
+
+    References:
+        - [Chen et al., 2020. Improved Baselines with Momentum Contrastive
+          Learning](https://arxiv.org/abs/2003.04297)
+        - [He et al., 2019. Momentum Contrast for Unsupervised Visual
+          Representation Learning](https://arxiv.org/abs/1911.05722)
+    """
+
+    def __init__(
+        self,
+        encoder,
+        augmenter=None,
+        projection_hidden_dims=(2048,),
+        projection_dim=128,
+        queue_size=65536,
+        temperature=0.2,
+        momentum=0.999,
+        synchronized_bn=True,
+        num_classes=None,
+        **kwargs,
+    ):
+        hidden_dims = tuple(projection_hidden_dims)
+        if any(int(d) < 1 for d in hidden_dims):
+            raise ValueError(
+                "Every hidden width of the head must be positive. "
+                f"Received: projection_hidden_dims={projection_hidden_dims}"
+            )
+        if int(projection_dim) < 1:
+            raise ValueError(
+                f"`projection_dim` must be positive. Received: projection_dim={projection_dim}"
+            )
+        if int(queue_size) < 1:
+            raise ValueError(
+                f"`queue_size` must be positive. Received: queue_size={queue_size}"
+            )
+        if not temperature > 0:
+            raise ValueError(
+                f"`temperature` must be positive. Received: temperature={temperature}"
+            )
+        if not 0 <= momentum <= 1:
+            raise ValueError(
+                f"`momentum` must be in [0, 1]. Received: momentum={momentum}"
+            )
+        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        self.projection_hidden_dims = tuple(int(d) for d in hidden_dims)
+        self.projection_dim = int(projection_dim)
+        self.queue_size = int(queue_size)
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        self.synchronized_bn = bool(synchronized_bn)
+
+        # Global (or per-replica) BN in the encoder, set before the key
+        # encoder is cloned from it so both use the same scheme.
+        for layer in self.encoder._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = self.synchronized_bn
+        self.projector = ProjectionHead(
+            hidden_dims=self.projection_hidden_dims,
+            output_dim=self.projection_dim,
+            batch_norm=False,
+            name="projector",
+        )
+        self.projector.build((None, self.feature_dim))
+        # The key network starts as an exact copy of the query network
+        # (MoCo: "initialized as f_q") and never gets a gradient.
+        self.key_encoder = queues.momentum_copy(self.encoder)
+        self.key_projector = queues.momentum_copy(self.projector, (None, self.feature_dim))
+        self.queue = queues.FeatureQueue(self.queue_size, self.projection_dim, name="queue")
+
+    @classmethod
+    def default_augmenter(cls, size, seed=None, **overrides):
+        """MoCo v2's "aug+" views (`kcl.augment.mocov2_views`).
+
+        Crop `scale=(0.2, 1)`, colour jitter `(0.4, 0.4, 0.4, 0.1)` with
+        probability 0.8, grayscale 0.2, Gaussian blur 0.5, flip, at every
+        size (the blur is kept below 64 px too). `overrides` go to
+        `kcl.augment.mocov2_views`.
+        """
+        accepted = set(inspect.signature(augment.mocov2_views).parameters) - {"size", "seed"}
+        unknown = sorted(set(overrides) - accepted)
+        if unknown:
+            raise ValueError(
+                "kcl.augment.mocov2_views takes no argument named "
+                f"{', '.join(unknown)}. Received: overrides={overrides}"
+            )
+        return augment.mocov2_views(size, seed=seed, **overrides)
+
+    def _keys(self, view, training):
+        """Normalised keys `k+ = norm(g_k(f_k(x2)))`, `[b, D]` float32, no gradient."""
+        # Training mode, as in MoCo's code: the key encoder's BN normalises
+        # with the statistics of the (global) batch of key views.
+        features = self.key_encoder(view, training=training)
+        keys = self.key_projector(features, training=training)
+        return tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, "float32"), -1))
+
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
+        if len(views) != 2:
+            raise ValueError(
+                f"MoCoV2 takes exactly 2 views. Received: len(views)={len(views)}"
+            )
+        local_batch = views[0].shape[0]
+        if training and local_batch is not None:
+            # Fails at trace time, before any step runs, when K % B != 0.
+            self.queue.check_batch(local_batch * distribute.num_replicas())
+        features = self.encoder(views[0], training=training)  # [b, F]
+        q = self.projector(features, training=training)
+        q = tf.math.l2_normalize(tf.cast(q, "float32"), -1)  # [b, D]
+        k = self._keys(views[1], training)  # [b, D]
+        # Logits [q.k+, q.queue] / t with label 0: [b, 1 + K]. The queue is
+        # already global (every replica holds the same one), so no gather is
+        # needed for the negatives.
+        per_example = losses.info_nce(
+            q, k, negatives=self.queue.features, temperature=self.temperature
+        )
+        return {"loss": distribute.global_mean(per_example), "features": features, "keys": k}
+
+    def update_state_after_step(self, outputs):
+        # Order as in MoCo: the key network follows the query network's
+        # *updated* weights (theta_k <- m theta_k + (1 - m) theta_q), then the
+        # keys of this step, from every replica, replace the oldest entries.
+        queues.ema_update(self.key_encoder, self.encoder, self.momentum)
+        queues.ema_update(self.key_projector, self.projector, self.momentum)
+        self.queue.enqueue(outputs["keys"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            projection_hidden_dims=list(self.projection_hidden_dims),
+            projection_dim=self.projection_dim,
+            queue_size=self.queue_size,
+            temperature=self.temperature,
+            momentum=self.momentum,
+            synchronized_bn=self.synchronized_bn,
+        )
+        return config

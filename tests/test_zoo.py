@@ -1,0 +1,190 @@
+import configparser
+import inspect
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+import kcl
+from kcl import zoo
+from kcl.methods.nnclr import NNCLR
+from tests.methods import checks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_simclr(encoder=None):
+    return kcl.methods.SimCLR(
+        encoder or checks.tiny_encoder(), projection_hidden_dims=(32,), projection_dim=16
+    )
+
+
+def tiny_nnclr():
+    return NNCLR(
+        checks.tiny_encoder(),
+        projection_hidden_dims=(32,),
+        projection_dim=16,
+        prediction_hidden_dims=(32,),
+        queue_size=32,
+        num_classes=10,
+    )
+
+
+def test_list_holds_the_cards_sorted():
+    names = zoo.list()
+    assert {"nnclr_r50", "simclr_r50", "simclr_r18_fmnist"} <= set(names)
+    assert names == sorted(names)
+    assert names == sorted(p.stem for p in (REPO / "zoo").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", zoo.list())
+def test_every_card_names_a_method_backbone_and_accepted_arguments(name):
+    # Checked without building (an R50 per card would be slow): the method
+    # and backbone exist and every argument is one their constructors take.
+    card = zoo.card(name)
+    cls = kcl.methods.get(card["method"])
+    assert card["backbone"] in kcl.backbones.names()
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "encoder", "augmenter", "kwargs"}
+    assert set(card.get("method_args", {})) <= accepted, card["method_args"]
+    resnet_args = set(inspect.signature(kcl.backbones.ResNet).parameters) - {"block", "layers", "stem"}
+    assert set(card.get("backbone_args", {})) <= resnet_args
+    assert card["paper"].startswith("https://arxiv.org/abs/") and card["description"]
+    augmenter = card.get("augmenter")
+    assert augmenter is None or "size" in augmenter
+
+
+def test_load_nnclr_r50_builds_the_paper_model():
+    model = zoo.load("nnclr_r50")
+    assert isinstance(model, NNCLR)
+    assert model.encoder.name == "resnet50"
+    assert model.encoder.input_shape == (None, 224, 224, 3)
+    # torchvision's R50 without fc (BN moving statistics not counted).
+    assert sum(np.prod(w.shape) for w in model.encoder.trainable_weights) == 23_508_032
+    assert tuple(model.support_set.queue.shape) == (98304, 256)
+    assert model.temperature == 0.1
+    assert model.projection_hidden_dims == (2048, 2048) and model.projection_dim == 256
+    assert model.prediction_hidden_dims == (4096,)
+    assert model.augmenter.name == "byol_views"
+
+
+def test_load_small_card_gives_a_working_model_with_random_weights():
+    a, b = zoo.load("simclr_r18_fmnist"), zoo.load("simclr_r18_fmnist")
+    assert isinstance(a, kcl.methods.SimCLR) and a.temperature == 0.5
+    assert a.encoder.input_shape == (None, 28, 28, 1) and a.feature_dim == 128
+    assert a.projection_hidden_dims == (512,)
+    images = checks.random_images(2, size=28)
+    assert not np.allclose(a(images).numpy(), b(images).numpy())  # random, not shared
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"nnclr_r50.*Received: name='nnclr_r5'") as error:
+        zoo.load("nnclr_r5")
+    assert "Did you mean" in str(error.value)
+    assert "simclr_r18_fmnist" in str(error.value)  # the known names are listed
+    with pytest.raises(ValueError, match="Received: name_or_dir=42"):
+        zoo.load(42)
+
+
+def test_save_preset_and_load_directory_round_trip(tmp_path):
+    model = tiny_nnclr()
+    # Non-trainable state travels too.
+    model.support_set.queue.assign(np.random.default_rng(0).normal(size=(32, 16)))
+    model.support_set.pointer.assign(8)
+    zoo.save_preset(model, tmp_path / "preset", metadata={"linear_top1": 12.5})
+    assert sorted(p.name for p in (tmp_path / "preset").iterdir()) == [
+        "config.json",
+        "metadata.json",
+        "model.weights.h5",
+    ]
+    metadata = json.loads((tmp_path / "preset" / "metadata.json").read_text())
+    assert metadata["kcl_version"] == kcl.__version__
+    assert metadata["keras_version"] == keras.__version__
+    assert metadata["parameter_count"] == sum(int(np.prod(w.shape)) for w in model.weights)
+    assert metadata["trainable_parameter_count"] == model.count_params() - sum(
+        int(np.prod(w.shape)) for w in model.non_trainable_weights
+    )
+    assert metadata["encoder_parameter_count"] == sum(
+        int(np.prod(w.shape)) for w in model.encoder.trainable_weights
+    )
+    assert metadata["linear_top1"] == 12.5 and metadata["class_name"] == "NNCLR"
+
+    loaded = zoo.load(tmp_path / "preset")
+    assert isinstance(loaded, NNCLR)
+    assert json.dumps(loaded.get_config()) == json.dumps(model.get_config())
+    images = checks.random_images(4)
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # The check can fail: a model from the same config alone has other weights.
+    fresh = NNCLR.from_config(model.get_config())
+    assert not np.allclose(fresh(images).numpy(), model(images).numpy())
+
+
+def test_metadata_cannot_override_what_save_preset_writes(tmp_path):
+    with pytest.raises(ValueError, match="keras_version"):
+        zoo.save_preset(tiny_simclr(), tmp_path, metadata={"keras_version": "0"})
+
+
+def test_weights_from_a_preset_directory_or_a_weights_file(tmp_path):
+    trained = zoo.load("simclr_r18_fmnist")
+    zoo.save_preset(trained, tmp_path / "preset")
+    images = checks.random_images(4, size=28)
+    expected = trained(images).numpy()
+    from_dir = zoo.load("simclr_r18_fmnist", weights=tmp_path / "preset")
+    np.testing.assert_array_equal(from_dir(images).numpy(), expected)
+    from_file = zoo.load("simclr_r18_fmnist", weights=str(tmp_path / "preset" / "model.weights.h5"))
+    np.testing.assert_array_equal(from_file(images).numpy(), expected)
+
+    with pytest.raises(ValueError, match="weights.h5"):
+        zoo.load("simclr_r18_fmnist", weights=tmp_path / "preset" / "config.json")
+    with pytest.raises(ValueError, match="No weights file"):
+        zoo.load("simclr_r18_fmnist", weights=tmp_path)
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        zoo.load(tmp_path)
+
+
+def test_preset_with_a_lambda_layer_is_refused(tmp_path):
+    inputs = keras.Input((16, 16, 1))
+    doubled = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    encoder = keras.Model(inputs, checks.tiny_encoder()(doubled))
+    zoo.save_preset(tiny_simclr(encoder), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "__lambda__" in json.dumps(config)
+    with pytest.raises(ValueError, match="safe mode.*lambda"):
+        zoo.load(tmp_path)
+    # The refusal is safe mode's, not a broken preset: unsafe loading works.
+    assert keras.saving.deserialize_keras_object(config, safe_mode=False) is not None
+
+
+class Unregistered(keras.layers.Layer):
+    """A custom layer without `register_keras_serializable`."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def test_preset_with_an_unregistered_class_is_refused(tmp_path):
+    inputs = keras.Input((16, 16, 1))
+    encoder = keras.Model(inputs, checks.tiny_encoder()(Unregistered()(inputs)))
+    zoo.save_preset(tiny_simclr(encoder), tmp_path)
+    with pytest.raises(ValueError, match="Could not locate class 'Unregistered'"):
+        zoo.load(tmp_path)
+
+
+def test_setup_cfg_packages_every_package_and_the_cards():
+    # setup.cfg lists packages by hand (kcl.cards is mapped to zoo/, which
+    # `find:` cannot do); this keeps the list complete.
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    on_disk = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "kcl").rglob("__init__.py")
+    }
+    assert listed == on_disk | {"kcl.cards"}
+    assert config["options"]["package_dir"].split() == ["kcl.cards", "=", "zoo"]
+    assert config["options.package_data"]["kcl.cards"].strip() == "*.json"
