@@ -94,10 +94,10 @@ def build_parser():
     pretrain.add_argument("--batch-size", type=int, default=256, help="global batch size. Default: 256.")
     pretrain.add_argument(
         "--optimizer",
-        choices=("adamw", "sgd"),
+        choices=("adamw", "sgd", "lars"),
         default="adamw",
-        help="adamw (robust for short runs) or sgd (momentum 0.9, the papers' "
-        "choice for long runs). Default: adamw.",
+        help="adamw (robust for short runs), sgd (momentum 0.9; MoCo, SimSiam) "
+        "or lars (SimCLR, BYOL, NNCLR at large batch). Default: adamw.",
     )
     pretrain.add_argument(
         "--lr",
@@ -105,9 +105,10 @@ def build_parser():
         default=None,
         help="peak learning rate, reached after a warm-up of one epoch (or a "
         "tenth of the run if shorter) and decayed "
-        "by a cosine. Default: 2e-3 for adamw, 0.06 x batch/256 for sgd.",
+        "by a cosine. Default: 2e-3 for adamw, 0.06 x batch/256 for sgd, "
+        "0.3 x batch/256 for lars (SimCLR's).",
     )
-    pretrain.add_argument("--weight-decay", type=float, default=None, help="Default: 1e-4 (adamw), 5e-4 (sgd).")
+    pretrain.add_argument("--weight-decay", type=float, default=None, help="Default: 1e-4 (adamw), 5e-4 (sgd), 1e-6 (lars).")
     pretrain.add_argument(
         "--set",
         type=_parse_setting,
@@ -232,6 +233,11 @@ def _optimizer(args, steps_per_epoch):
     if args.optimizer == "adamw":
         lr = _schedule(args.lr or 2e-3, total, warmup)
         return keras.optimizers.AdamW(lr, weight_decay=1e-4 if args.weight_decay is None else args.weight_decay)
+    if args.optimizer == "lars":
+        from kcl.optimizers import LARS
+
+        lr = _schedule(args.lr or 0.3 * args.batch_size / 256, total, warmup)
+        return LARS(lr, momentum=0.9, weight_decay=1e-6 if args.weight_decay is None else args.weight_decay)
     lr = _schedule(args.lr or 0.06 * args.batch_size / 256, total, warmup)
     return keras.optimizers.SGD(
         lr, momentum=0.9, weight_decay=5e-4 if args.weight_decay is None else args.weight_decay
