@@ -1,5 +1,5 @@
 # kcl: the two commands of the README, and a few more.
-#   make demo   pretrain SimCLR on Fashion-MNIST, evaluate, plot, export (CPU, ~10 min)
+#   make demo   pretrain SimCLR on Fashion-MNIST, evaluate, plot, export (2-core CPU, ~14 min)
 #   make test   run the test suite
 # Both create the virtual environment and install what they need first.
 
@@ -8,6 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kcl-installed
 DEMO_OUT ?= runs/demo
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the progress bar.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test data bench install clean
 

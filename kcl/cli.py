@@ -263,6 +263,21 @@ def _knn_table(train, test, features=None):
     return table
 
 
+def _monitor_baseline(args, train, test, table):
+    """Raw-pixel kNN-200 with the kNN monitor's memory bank: the line its curve is read against."""
+    from kcl import eval as kcl_eval
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    bank = min(args.knn_bank, len(x_train))
+    if bank == len(x_train) or not args.knn_every:
+        return ("raw pixels kNN-200", table["raw pixels"]["knn200_weighted"])
+    accuracy = kcl_eval.knn_accuracy(
+        kcl_eval.pixels(x_train[:bank]), y_train[:bank], kcl_eval.pixels(x_test), y_test,
+        k=min(200, bank), temperature=0.1,
+    )
+    return (f"raw pixels kNN-200 (same {bank}-image bank)", accuracy)
+
+
 def _print_table(table, linear=None):
     header = f"{'features':<12} {'kNN-200 (weighted, t=0.1)':>26} {'20-NN (cosine)':>15}"
     if linear:
@@ -391,7 +406,7 @@ def cmd_pretrain(args):
             history,
             os.path.join(args.out, "training.png"),
             title=f"{method_cls.__name__} on {args.data}",
-            baseline=("raw pixels kNN-200", table["raw pixels"]["knn200_weighted"]),
+            baseline=_monitor_baseline(args, (x_train, y_train), (x_test, y_test), table),
         )
         print(f"kcl: plot of loss and kNN accuracy per epoch: {plot}")
     except ImportError as error:

@@ -234,6 +234,7 @@ def plot_history(history, path, title=None, baseline=None):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError as error:
         raise ImportError(
             "Plots need matplotlib: pip install 'kcl[plots]'"
@@ -253,6 +254,8 @@ def plot_history(history, path, title=None, baseline=None):
     if baseline is not None:
         axes[1].axhline(baseline[1] * 100, color="grey", linestyle="--", label=baseline[0])
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for axis in axes:
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if accuracy_keys or baseline is not None:
         axes[1].legend()
     for axis in axes:
