@@ -315,6 +315,12 @@ class ContrastiveModel(keras.Model):
         self.build()
         return super().evaluate(*args, **kwargs)
 
+    def save(self, *args, **kwargs):
+        # Every variable exists from the constructor on; without this an
+        # unfitted model would be saved with a "not yet built" warning.
+        self.build()
+        return super().save(*args, **kwargs)
+
     # --------------------------------------------------------------- config
     def get_config(self):
         config = super().get_config()
