@@ -167,6 +167,14 @@ class ContrastiveModel(keras.Model):
         """
         raise NotImplementedError
 
+    def check_view_count(self, views, count=2):
+        """Raises `ValueError` unless `views` holds exactly `count` view batches."""
+        if len(views) != count:
+            raise ValueError(
+                f"{type(self).__name__} takes exactly {count} views. "
+                f"Received: len(views)={len(views)}"
+            )
+
     def method_metrics(self):
         """Metrics of the method itself (e.g. NNCLR's `nn_acc`), reset each epoch."""
         return []

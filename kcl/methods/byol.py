@@ -165,10 +165,7 @@ class BYOL(ContrastiveModel):
         )
 
     def compute_ssl_loss(self, views, labels=None, index=None, training=True):
-        if len(views) != 2:
-            raise ValueError(
-                f"BYOL takes exactly 2 views. Received: len(views)={len(views)}"
-            )
+        self.check_view_count(views)
         features, predictions, targets = [], [], []
         for view in views:
             # Online branch, one view per batch: [b, H, W, C] -> f [b, F]

@@ -167,10 +167,7 @@ class MoCoV2(ContrastiveModel):
         return tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, "float32"), -1))
 
     def compute_ssl_loss(self, views, labels=None, index=None, training=True):
-        if len(views) != 2:
-            raise ValueError(
-                f"MoCoV2 takes exactly 2 views. Received: len(views)={len(views)}"
-            )
+        self.check_view_count(views)
         local_batch = views[0].shape[0]
         if training and local_batch is not None:
             # Fails at trace time, before any step runs, when K % B != 0.

@@ -182,8 +182,7 @@ class NNCLR(ContrastiveModel):
         return tf.stop_gradient(tf.gather(support, indices)), indices
 
     def compute_ssl_loss(self, views, labels=None, index=None, training=True):
-        if len(views) != 2:
-            raise ValueError(f"NNCLR takes exactly 2 views. Received: len(views)={len(views)}")
+        self.check_view_count(views)
         b = tf.shape(views[0])[0]
         # One encoder pass over both views: [2b, H, W, C] -> [2b, F].
         features = self.encoder(tf.concat(views, axis=0), training=training)

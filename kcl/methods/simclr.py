@@ -100,10 +100,7 @@ class SimCLR(ContrastiveModel):
         return augment.simclr_views(size, seed=seed, **{**defaults, **overrides})
 
     def compute_ssl_loss(self, views, labels=None, index=None, training=True):
-        if len(views) != 2:
-            raise ValueError(
-                f"SimCLR takes exactly 2 views. Received: len(views)={len(views)}"
-            )
+        self.check_view_count(views)
         b = tf.shape(views[0])[0]
         # One encoder pass over both views: [2b, H, W, C] -> [2b, F].
         features = self.encoder(tf.concat(views, axis=0), training=training)

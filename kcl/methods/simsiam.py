@@ -139,10 +139,7 @@ class SimSiam(ContrastiveModel):
         return [v for v in self.trainable_variables if id(v) not in predictor]
 
     def compute_ssl_loss(self, views, labels=None, index=None, training=True):
-        if len(views) != 2:
-            raise ValueError(
-                f"SimSiam takes exactly 2 views. Received: len(views)={len(views)}"
-            )
+        self.check_view_count(views)
         features, projections, predictions = [], [], []
         for view in views:
             # One view per batch: [b, H, W, C] -> backbone [b, F] -> z [b, D]
