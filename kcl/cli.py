@@ -128,6 +128,20 @@ def build_parser():
         "crop_scale=[0.2,1.0] (repeatable; values parsed as JSON).",
     )
     pretrain.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="PIC's sliding-window scheduler: images per scheduler epoch (the "
+        "window W). Default: the whole training set (plain epochs).",
+    )
+    pretrain.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="PIC's sliding-window scheduler: how far the window moves each "
+        "scheduler epoch (S). Default: the window (no overlap).",
+    )
+    pretrain.add_argument(
         "--knn-every",
         type=int,
         default=1,
@@ -224,10 +238,10 @@ def _schedule(peak, total_steps, warmup_steps):
     )
 
 
-def _optimizer(args, steps_per_epoch):
+def _optimizer(args, steps_per_epoch, epochs):
     import keras
 
-    total = args.epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
     # Warm up for one epoch, or a tenth of the run when that is shorter.
     warmup = min(steps_per_epoch, total // 10)
     if args.optimizer == "adamw":
@@ -326,18 +340,51 @@ def cmd_pretrain(args):
         )
     num_classes = int(max(y_train.max(), y_test.max()) + 1)
     size, channels = x_train.shape[1], x_train.shape[-1]
+    parameters = inspect.signature(method_cls).parameters
+    scheduler, epochs = None, args.epochs
+    if "num_instances" in parameters:
+        # Instance classification (PIC): batches carry each image's index,
+        # in the order of the sliding-window scheduler; its epochs are
+        # rescaled to show as many images as --epochs plain epochs.
+        window = args.window or len(x_train)
+        try:
+            scheduler = kcl.data.SlidingWindowScheduler(
+                len(x_train), window=window, stride=args.stride or window, seed=args.seed
+            )
+        except ValueError as error:
+            raise ValueError(f"--window/--stride: {error}") from None
+        epochs = scheduler.epochs_for(args.epochs)
+        if args.batch_size > window:
+            raise ValueError(
+                f"A window of {window} images makes no full batch of {args.batch_size}. "
+                f"Received: --window={window}, --batch-size={args.batch_size}"
+            )
+        steps_per_epoch = scheduler.steps_per_epoch(args.batch_size)
+    elif args.window is not None or args.stride is not None:
+        raise ValueError(
+            f"--window and --stride set PIC's sliding-window scheduler; "
+            f"{method_cls.__name__} does not classify instances. "
+            f"Received: --method={args.method}"
+        )
 
+    # Any input size: multi-crop methods (SwAV, PIC) feed crops of several
+    # sizes; the export resizes to the training size.
     encoder = kcl.backbones.get(
-        args.backbone, input_shape=(size, size, channels), width=args.width, synchronized_bn=True
+        args.backbone, input_shape=(None, None, channels), width=args.width, synchronized_bn=True
     )
     try:
         augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
     except (TypeError, ValueError) as error:
         raise ValueError(f"--augment: {error}") from None
     method_args = dict(args.set)
-    if "total_steps" in inspect.signature(method_cls).parameters:
+    if "total_steps" in parameters:
         # Schedules inside the method (BYOL's EMA) span the whole run.
-        method_args.setdefault("total_steps", args.epochs * steps_per_epoch)
+        method_args.setdefault("total_steps", epochs * steps_per_epoch)
+    if "num_instances" in parameters:
+        method_args.setdefault("num_instances", len(x_train))
+    if "steps_per_epoch" in parameters:
+        # Epoch-based settings inside the method (SwAV's queue start).
+        method_args.setdefault("steps_per_epoch", steps_per_epoch)
     try:
         model = method_cls(
             encoder,
@@ -350,10 +397,16 @@ def cmd_pretrain(args):
             raise
         # An unknown name, or a value of the wrong type, given through --set.
         raise ValueError(f"--set: {error}") from None
-    model.compile(optimizer=_optimizer(args, steps_per_epoch))
-    dataset = kcl.data.pretrain_dataset(
-        x_train, None if args.no_probe else y_train, batch_size=args.batch_size, seed=args.seed
-    )
+    model.compile(optimizer=_optimizer(args, steps_per_epoch, epochs))
+    probe_labels = None if args.no_probe else y_train
+    if scheduler is None:
+        dataset = kcl.data.pretrain_dataset(
+            x_train, probe_labels, batch_size=args.batch_size, seed=args.seed
+        )
+    else:
+        dataset = kcl.data.sliding_window_dataset(
+            x_train, scheduler, args.batch_size, epochs, labels=probe_labels
+        )
 
     callbacks = []
     if args.knn_every:
@@ -369,11 +422,18 @@ def cmd_pretrain(args):
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False))
     print(
         f"kcl: {method_cls.__name__} on {args.data} ({len(x_train)} images, {size}x{size}x{channels}), "
-        f"{args.backbone} x{args.width:g}, batch {args.batch_size}, {args.epochs} epochs",
+        f"{args.backbone} x{args.width:g}, batch {args.batch_size}, {args.epochs} epochs"
+        + ("" if scheduler is None else f" ({epochs} windows of {scheduler.window_size}, stride {scheduler.stride})"),
         flush=True,
     )
     started = time.time()
-    history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=0 if args.quiet else 1)
+    history = model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=None if scheduler is None else steps_per_epoch,
+        callbacks=callbacks,
+        verbose=0 if args.quiet else 1,
+    )
     train_seconds = time.time() - started
     model.save(os.path.join(args.out, "model.keras"))
     # Epochs the kNN monitor skipped hold NaN, written as JSON null.
@@ -412,7 +472,9 @@ def cmd_pretrain(args):
     except ImportError as error:
         print(f"kcl: no plot ({error})")
     if not args.no_export:
-        path = kcl.export.export_saved_model(model, os.path.join(args.out, "saved_model"), verbose=False)
+        path = kcl.export.export_saved_model(
+            model, os.path.join(args.out, "saved_model"), image_size=(size, size), verbose=False
+        )
         print(f"kcl: SavedModel for feature extraction: {path}")
     print(f"kcl: done in {train_seconds / 60:.1f} min of training; outputs in {args.out}")
     return metrics

@@ -379,3 +379,208 @@ def check_fit_inputs(x, y=None, batch_size=None, channels=None, num_classes=None
             f"replicas; use a batch size that is a multiple of {num_replicas}. "
             f"Received: batch_size={size}"
         )
+
+
+# ------------------------------------------------ PIC sliding-window scheduler
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_int(name, value, low, high=None, high_name=None):
+    if not _is_int(value):
+        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high_name or high}]" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` must be {bound}. Received: {name}={value!r}")
+    return int(value)
+
+
+class SlidingWindowScheduler:
+    """PIC's sliding-window data scheduler: which instances each scheduler epoch sees.
+
+    A scheduler epoch shows a window of `W` of the `N` instances instead of
+    all of them; the next one slides the window by a stride `S`. Epoch `e`
+    starts at position `p = e S` of an endless sequence of permutations of
+    `0 .. N - 1`: in cycle `c = floor(p / N)`, with start `s = p mod N`, its
+    window is
+
+        perm_c[(s + arange(W)) mod N],
+
+    shuffled inside the window. `perm_c` is redrawn for every cycle when
+    `reshuffle=True` and drawn once otherwise (the paper shuffles once). When
+    `S` divides `N` and `W`, every instance is in exactly `W / S` consecutive
+    windows of a cycle, so an instance is seen in `W / S` scheduler epochs
+    close in time and then not for a long while: with PIC's recent negative
+    sampling, the weights of instances in the current window are the recent
+    ones and stay fresh (arXiv 2006.14618; `W = 131072`, `S =
+    16384` on ImageNet).
+
+    A scheduler epoch has `W` samples instead of `N`; `epochs_for(epochs)`
+    converts a number of ordinary epochs into scheduler epochs with as many
+    samples, `ceil(epochs * N / W)`.
+
+    Everything is stateless and pure TensorFlow: the permutation of cycle `c`
+    and the shuffle of epoch `e` are `tf.random.experimental.stateless_shuffle`
+    with seeds folded from `(seed, c)` and `(seed, e)`. The same seed gives
+    the same windows on every run, and training resumes at any
+    epoch (`sliding_window_dataset(..., initial_epoch=e)`).
+
+    Args:
+        num_instances: `N`, the number of training images.
+        window: `W`, instances per scheduler epoch, `1 <= W <= N`.
+        stride: `S`, the slide between consecutive windows, `1 <= S <= W`.
+        seed: int seed of the permutations and shuffles. Defaults to `0`.
+        reshuffle: draw a new permutation at each cycle through the data.
+            Defaults to `True`.
+
+    Example:
+
+    >>> scheduler = kcl.data.SlidingWindowScheduler(60000, window=16384, stride=2048)
+    >>> ds = kcl.data.sliding_window_dataset(images, scheduler, batch_size=256,
+    ...                                      epochs=scheduler.epochs_for(200))
+    >>> model.fit(ds, epochs=scheduler.epochs_for(200),
+    ...           steps_per_epoch=scheduler.steps_per_epoch(256))
+
+    References:
+        - [Cao et al., 2020. Parametric Instance Classification for
+          Unsupervised Visual Feature Learning](https://arxiv.org/abs/2006.14618)
+    """
+
+    def __init__(self, num_instances, window, stride, seed=0, reshuffle=True):
+        self.num_instances = _check_int("num_instances", num_instances, 1)
+        self.window_size = _check_int("window", window, 1, self.num_instances, "num_instances")
+        self.stride = _check_int("stride", stride, 1, self.window_size, "window")
+        self.seed = _check_int("seed", seed, -(2**63))
+        if reshuffle is not True and reshuffle is not False:
+            raise ValueError(f"`reshuffle` must be a bool. Received: reshuffle={reshuffle!r}")
+        self.reshuffle = reshuffle
+
+    def _key(self, stream, counter):
+        import tensorflow as tf
+
+        fold = tf.random.experimental.stateless_fold_in
+        base = tf.constant([self.seed, 0], tf.int64)
+        # Separate streams for permutations (0) and window shuffles (1), so
+        # cycle c and epoch e never share a seed.
+        return fold(fold(base, stream), tf.cast(counter, tf.int64))
+
+    def permutation(self, cycle):
+        """The permutation `perm_c` of `0 .. N - 1` used in cycle `cycle`, int64 `[N]`."""
+        import tensorflow as tf
+
+        cycle = tf.cast(cycle, tf.int64)
+        if not self.reshuffle:
+            cycle = tf.zeros_like(cycle)
+        instances = tf.range(self.num_instances, dtype=tf.int64)
+        return tf.random.experimental.stateless_shuffle(instances, seed=self._key(0, cycle))
+
+    def window(self, epoch):
+        """Instance indices of scheduler epoch `epoch`: int64 tensor `[W]`, shuffled.
+
+        `epoch` may be a Python int or a scalar tensor (inside `tf.data`).
+        Costs one permutation of `N` (a shuffle of `N` int64).
+        """
+        import tensorflow as tf
+
+        epoch = tf.cast(epoch, tf.int64)
+        position = epoch * self.stride
+        cycle, start = position // self.num_instances, position % self.num_instances
+        offsets = start + tf.range(self.window_size, dtype=tf.int64)
+        indices = tf.gather(self.permutation(cycle), offsets % self.num_instances)
+        return tf.random.experimental.stateless_shuffle(indices, seed=self._key(1, epoch))
+
+    def epochs_for(self, epochs):
+        """Scheduler epochs with the samples of `epochs` ordinary epochs: `ceil(epochs N / W)`."""
+        epochs = _check_int("epochs", epochs, 0)
+        return -(-epochs * self.num_instances // self.window_size)
+
+    def steps_per_epoch(self, batch_size):
+        """Batches per scheduler epoch, `W // batch_size` (the rest of a window is dropped)."""
+        batch_size = _check_int("batch_size", batch_size, 1, self.window_size, "window")
+        return self.window_size // batch_size
+
+    def get_config(self):
+        return {
+            "num_instances": self.num_instances,
+            "window": self.window_size,
+            "stride": self.stride,
+            "seed": self.seed,
+            "reshuffle": self.reshuffle,
+        }
+
+
+def sliding_window_dataset(images, scheduler, batch_size, epochs, initial_epoch=0, labels=None):
+    """Batches `{"images", "index"[, "label"]}` of scheduler epochs `initial_epoch .. epochs - 1`.
+
+    A pure `tf.data` pipeline: for each scheduler epoch `e` the window
+    `scheduler.window(e)` is cut into `W // batch_size` batches of indices
+    (the last `W mod batch_size` indices of a window are dropped, so every
+    step has the same static batch), and each batch of indices becomes
+    `{"images": images[idx], "index": idx}` (plus `"label": labels[idx]`
+    when labels are given). This is the input PIC needs: `index` names the
+    instance class of each image. The dataset holds all the requested epochs
+    back to back, so `fit` must be told the steps of one epoch (it then keeps
+    one iterator across epochs). Starting at `initial_epoch` gives exactly
+    the batches a run from 0 would have seen from that epoch on.
+
+    `images` is an in-memory array (it becomes a constant of the pipeline).
+
+    Args:
+        images: `[N, H, W, C]` uint8 array (or float in [0, 255]).
+        scheduler: a `SlidingWindowScheduler` with `num_instances == N`.
+        batch_size: global batch size.
+        epochs: end (exclusive) scheduler epoch, as `fit(epochs=...)`.
+        initial_epoch: first scheduler epoch, as `fit(initial_epoch=...)`.
+            Defaults to `0`.
+        labels: `[N]` int labels for the online probe, or `None`. Defaults
+            to `None`.
+
+    Example:
+
+    >>> scheduler = kcl.data.SlidingWindowScheduler(len(x), 16384, 2048)
+    >>> epochs = scheduler.epochs_for(200)       # as many samples as 200 epochs
+    >>> ds = kcl.data.sliding_window_dataset(x, scheduler, 256, epochs)
+    >>> model = kcl.methods.PIC(encoder, num_instances=len(x), num_negatives=16384,
+    ...                         augmenter=kcl.methods.PIC.default_augmenter(28))
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+    >>> model.fit(ds, epochs=epochs, steps_per_epoch=scheduler.steps_per_epoch(256))
+
+    References:
+        - [Cao et al., 2020 (PIC)](https://arxiv.org/abs/2006.14618)
+    """
+    import tensorflow as tf
+
+    if not all(hasattr(scheduler, a) for a in ("window", "window_size", "num_instances")):
+        raise ValueError(
+            "`scheduler` must be a kcl.data.SlidingWindowScheduler (or have its "
+            "`window(epoch)`, `window_size` and `num_instances`). "
+            f"Received: scheduler={scheduler!r}"
+        )
+    if len(images) != scheduler.num_instances:
+        raise ValueError(
+            f"The scheduler has num_instances={scheduler.num_instances} but there are "
+            f"{len(images)} images. Received: len(images)={len(images)}"
+        )
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(
+            f"There must be one label per image ({len(images)}). "
+            f"Received: len(labels)={len(labels)}"
+        )
+    batch_size = _check_int("batch_size", batch_size, 1, scheduler.window_size, "window")
+    initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
+    epochs = _check_int("epochs", epochs, initial_epoch + 1)
+    images = tf.convert_to_tensor(images)
+    labels = None if labels is None else tf.convert_to_tensor(labels)
+
+    def batches(epoch):
+        indices = tf.data.Dataset.from_tensor_slices(scheduler.window(epoch))
+        return indices.batch(batch_size, drop_remainder=True)
+
+    def gather(index):
+        batch = {"images": tf.gather(images, index), "index": index}
+        if labels is not None:
+            batch["label"] = tf.gather(labels, index)
+        return batch
+
+    dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(batches)
+    return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

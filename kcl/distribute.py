@@ -63,6 +63,15 @@ def all_reduce_sum(x):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
+def all_reduce_max(x):
+    """Elementwise maximum of `x` over replicas; identical on every replica."""
+    ctx = _replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    # tf.distribute.ReduceOp has only SUM and MEAN: gather, then reduce.
+    return tf.reduce_max(ctx.all_gather(x[None], axis=0), axis=0)
+
+
 def global_batch_size(local_batch_size):
     """Global batch size from the local one: `b * R` (a scalar tensor or int)."""
     return local_batch_size * num_replicas()

@@ -53,6 +53,23 @@ def serving_fn(encoder, image_size=None):
     return serve, (height, width)
 
 
+def training_size(model):
+    """`(height, width)` of the first view `model.augmenter` makes, or `None`.
+
+    An encoder that accepts any size (multi-crop training) is exported at
+    the size of the large crops it was trained on.
+    """
+    augmenter = getattr(model, "augmenter", None)
+    if augmenter is None:
+        return None
+    channels = model.encoder.input_shape[-1]
+    shapes = augmenter.compute_output_shape((None, None, None, channels))
+    # A list of view shapes (kcl's MultiView), or one shape.
+    first = shapes[0] if isinstance(shapes, list) else shapes
+    size = tuple(first[1:3])
+    return None if None in size else size
+
+
 def export_saved_model(model, path, image_size=None, verbose=True):
     """Writes the encoder of `model` as a SavedModel with a `serving_default` signature.
 
@@ -61,7 +78,8 @@ def export_saved_model(model, path, image_size=None, verbose=True):
             `keras.Model` taking float images in [0, 1].
         path: output directory. Its parent must be writable.
         image_size: `(height, width)` fed to the encoder; defaults to the
-            encoder's static input size.
+            encoder's static input size, or, for an encoder of any size, to
+            the size of the first view of `model.augmenter`.
         verbose: print the signature. Defaults to `True`.
 
     Returns:
@@ -83,6 +101,8 @@ def export_saved_model(model, path, image_size=None, verbose=True):
     os.makedirs(parent, exist_ok=True)
     if not os.access(parent, os.W_OK):
         raise ValueError(f"The output directory is not writable. Received: path={path!r}")
+    if image_size is None and None in tuple(encoder.input_shape[1:3]):
+        image_size = training_size(model)
     serve, _ = serving_fn(encoder, image_size)
     channels = int(encoder.input_shape[-1])
     archive = keras.export.ExportArchive()

@@ -1,10 +1,11 @@
-"""Transform heads that follow the encoder: projection and prediction MLPs.
+"""Heads that follow the encoder: projection and prediction MLPs, prototypes.
 
 The survey (arXiv 2010.05113, section 4.3) calls these the *transform
 heads*: small networks between the representation kept for downstream use
 and the space the loss compares in. kcl has one MLP layer with the options the
 papers vary (hidden widths, batch norm on hidden and output layers, BN
-synchronized across replicas or not), and two named defaults.
+synchronized across replicas or not), two named defaults, and SwAV's
+`Prototypes`, the clustering head.
 """
 
 import keras
@@ -160,3 +161,71 @@ class PredictionHead(MLPHead):
 
     def __init__(self, hidden_dims=(4096,), output_dim=256, **kwargs):
         super().__init__(hidden_dims=hidden_dims, output_dim=output_dim, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class Prototypes(keras.layers.Layer):
+    """A bank of `K` trainable prototype vectors; `call(z)` returns scores `z C^T`.
+
+    SwAV's prototypes (arXiv 2006.09882, section 3.1): a linear layer without
+    bias whose rows `c_1 ... c_K` live on the unit sphere. The rows are not
+    normalised inside `call` (that would put a normalisation in the gradient
+    path); instead `normalize()` re-projects the stored rows onto the sphere
+    in place, and SwAV calls it before every forward pass, as the official
+    code does. With L2-normalised inputs `z`, the scores are then cosine
+    similarities in `[-1, 1]`.
+
+    Args:
+        num_prototypes: number of prototypes `K`. Defaults to `3000`.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Example:
+
+    >>> prototypes = Prototypes(num_prototypes=10)
+    >>> prototypes.build((None, 4))
+    >>> prototypes.normalize()
+    >>> prototypes(keras.ops.ones((2, 4))).shape
+    (2, 10)
+
+    References:
+        - [Caron et al., 2020 (SwAV)](https://arxiv.org/abs/2006.09882)
+    """
+
+    def __init__(self, num_prototypes=3000, **kwargs):
+        super().__init__(**kwargs)
+        if (
+            isinstance(num_prototypes, bool)
+            or not isinstance(num_prototypes, int)
+            or num_prototypes < 1
+        ):
+            raise ValueError(
+                "`num_prototypes` must be a positive integer. "
+                f"Received: num_prototypes={num_prototypes!r}"
+            )
+        self.num_prototypes = int(num_prototypes)
+
+    def build(self, input_shape):
+        # [K, D], one prototype per row (PyTorch's Linear(D, K).weight layout,
+        # so converted SwAV checkpoints load without a transpose).
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.num_prototypes, int(input_shape[-1])),
+            initializer=keras.initializers.RandomUniform(-1.0, 1.0),
+        )
+
+    def normalize(self):
+        """Projects every prototype row onto the unit sphere, in place."""
+        kernel = keras.ops.convert_to_tensor(self.kernel)
+        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(kernel), axis=-1, keepdims=True))
+        self.kernel.assign(kernel / keras.ops.maximum(norm, 1e-12))
+
+    def call(self, z):
+        return keras.ops.matmul(z, keras.ops.transpose(keras.ops.cast(self.kernel, z.dtype)))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.num_prototypes,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_prototypes=self.num_prototypes)
+        return config

@@ -605,6 +605,144 @@ def normalized_mse(prediction, target):
     return 2.0 + 2.0 * negative_cosine_similarity(prediction, target)
 
 
+# ---------------------------------------------------------------------------
+# Clustering: SwAV's online codes and swapped prediction.
+
+
+def sinkhorn(scores, epsilon=0.05, iterations=3, column_weights=None):
+    """Sinkhorn-Knopp codes: soft assignments of a batch spread equally over prototypes.
+
+    SwAV's online clustering (arXiv 2006.09882, section 3.1 and appendix
+    A.1): the codes `Q` maximise `Tr(Q^T C^T Z) + epsilon H(Q)` over the
+    transportation polytope where every prototype receives `B / K` of the
+    batch and every sample a total of 1. With the scores `S = Z C^T` held
+    here as `[b, K]` (samples in rows, prototypes in columns, the transpose
+    of the paper's `K x B` matrix):
+
+        Q  = exp(S / epsilon);   Q <- Q / sum(Q)
+        repeat `iterations` times:
+            Q <- Q / (K * column sums)        each prototype sums to 1 / K
+            Q <- Q / (B * row sums)           each sample sums to 1 / B
+        return B * Q                          each sample's code sums to 1
+
+    `B` is the *global* number of samples: the total and the prototype
+    (column) sums are summed over replicas with `kcl.distribute`, so the
+    codes of a global batch split over `R` replicas equal those computed on
+    one device. Row sums are local (a sample lives on one replica).
+
+    Numerics: the scores are cast to float32 and each prototype's maximum
+    over the global batch is subtracted before `exp`, so every entry of
+    `exp((S - max_k) / epsilon)` is in `(0, 1]`, nothing overflows
+    (`exp(1 / 0.05) = 4.9e8` would, in float16), and every prototype keeps
+    an entry of 1 however far it is from the batch. The shift multiplies
+    each column by a constant, which the first per-prototype normalisation
+    removes exactly, so the codes are those of the formula above for any
+    number of iterations. A sum that still underflows to 0 gives 0, not NaN.
+    So mixed-precision (float16 / bfloat16) scores give float32 codes as
+    accurate as float32 scores would.
+
+    Args:
+        scores: `[b, K]` scores of this replica's samples (cosines of
+            normalised embeddings and prototypes).
+        epsilon: entropy weight; smaller is closer to a hard assignment.
+            Defaults to `0.05`.
+        iterations: number of normalisation rounds. Defaults to `3`.
+        column_weights: optional `[b]` 0/1 weights; samples with weight 0
+            (e.g. SwAV's queue before it is full) take no part: their rows
+            are 0 and `B` counts only the others. Defaults to `None` (all).
+
+    Returns:
+        Float32 `[b, K]` codes; each row sums to 1 (0 for weight-0 rows) and,
+        over the global batch, each column sums to about `B / K`.
+
+    Example:
+
+    >>> q = sinkhorn(tf.random.normal((256, 3000)) * 0.1)
+    >>> tf.reduce_sum(q, axis=1)[:3]  # [1., 1., 1.]
+
+    References:
+        - [Caron et al., 2020 (SwAV)](https://arxiv.org/abs/2006.09882)
+        - [Cuturi, 2013. Sinkhorn Distances](https://arxiv.org/abs/1306.0895)
+    """
+    scores = _as_float32("scores", scores)
+    _check_rank("scores", scores, 2, "[batch, num_prototypes]")
+    if not (isinstance(epsilon, numbers.Real) and epsilon > 0):
+        raise ValueError(f"Argument `epsilon` must be a positive float. Received: epsilon={epsilon!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(
+            f"Argument `iterations` must be a positive integer. Received: iterations={iterations!r}"
+        )
+    num_prototypes = tf.cast(tf.shape(scores)[1], tf.float32)
+    # Per-prototype shift over the global batch: exp(.) <= 1, max 1 per column.
+    shift = distribute.all_reduce_max(tf.reduce_max(scores, axis=0))  # [K]
+    q = tf.exp((scores - shift) / epsilon)  # [b, K]
+    if column_weights is None:
+        weights = tf.ones([tf.shape(scores)[0]], tf.float32)
+    else:
+        weights = _as_float32("column_weights", column_weights)
+        q = q * weights[:, None]
+    total_samples = distribute.all_reduce_sum(tf.reduce_sum(weights))  # B, global
+    q = tf.math.divide_no_nan(q, distribute.all_reduce_sum(tf.reduce_sum(q)))
+    for _ in range(iterations):
+        per_prototype = distribute.all_reduce_sum(tf.reduce_sum(q, axis=0, keepdims=True))
+        q = tf.math.divide_no_nan(q, per_prototype * num_prototypes)
+        per_sample = tf.reduce_sum(q, axis=1, keepdims=True)
+        q = tf.math.divide_no_nan(q, per_sample * total_samples)
+    return q * total_samples
+
+
+def swapped_prediction(scores, codes, temperature=0.1):
+    """SwAV's swapped prediction loss over multi-crop views, per example.
+
+    Each of the `A = len(codes)` assignment crops `s` (the large crops, which
+    come first in `scores`) has codes `q_s`; every *other* crop `v`, large
+    or small, predicts them from its own scores (arXiv 2006.09882, eq. 2-3):
+
+        l(z_v, q_s) = - sum_k q_s[k] log softmax(z_v C^T / t)[k]
+        loss = 1/A sum_s  1/(V-1) sum_{v != s}  l(z_v, q_s)
+
+    `codes` are targets: no gradient flows into them.
+
+    Args:
+        scores: list of `V >= 2` tensors `[b, K]`, the scores `z_v C^T` of
+            each crop (float32 or mixed precision; computed in float32).
+        codes: list of `A` tensors `[b, K]` (`1 <= A <= V`), the codes of
+            crops `0 .. A-1`, e.g. from `sinkhorn`.
+        temperature: softmax temperature `t`. Defaults to `0.1`.
+
+    Returns:
+        Float32 `[b]` per-example losses. A collapsed model (all scores
+        equal) gives `ln K` whatever the codes.
+
+    Example:
+
+    >>> scores = [tf.random.normal((8, 30)) for _ in range(4)]
+    >>> codes = [sinkhorn(s) for s in scores[:2]]
+    >>> swapped_prediction(scores, codes).shape
+    TensorShape([8])
+
+    References:
+        - [Caron et al., 2020 (SwAV)](https://arxiv.org/abs/2006.09882)
+    """
+    _check_temperature(temperature)
+    if len(scores) < 2 or not 1 <= len(codes) <= len(scores):
+        raise ValueError(
+            "`swapped_prediction` needs at least 2 crops and between 1 and "
+            "len(scores) codes. "
+            f"Received: len(scores)={len(scores)}, len(codes)={len(codes)}"
+        )
+    log_probs = [
+        tf.nn.log_softmax(_as_float32(f"scores[{v}]", s) / temperature, axis=-1)
+        for v, s in enumerate(scores)
+    ]
+    total = 0.0
+    for s, q in enumerate(codes):
+        q = tf.stop_gradient(_as_float32(f"codes[{s}]", q))
+        terms = [-tf.reduce_sum(q * lp, axis=-1) for v, lp in enumerate(log_probs) if v != s]
+        total += tf.add_n(terms) / len(terms)
+    return total / len(codes)
+
+
 def _check_stacked(y_pred, num_views, layout):
     shape = y_pred.shape
     if shape.rank is None:

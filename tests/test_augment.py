@@ -82,6 +82,24 @@ def test_multicrop_views_sizes_and_order():
     assert [tuple(v.shape) for v in views] == [(8, 12, 12, 3)] * 2 + [(8, 6, 6, 3)] * 3
 
 
+def test_multicrop_groups_have_their_own_scale_ranges_and_independent_crops():
+    augmenter = multicrop_views(
+        12, 6, num_large=2, num_small=3, large_scale=(0.5, 1.0), small_scale=(0.1, 0.3), seed=0
+    )
+    crops = [pipeline.ops[0] for pipeline in augmenter.pipelines]
+    assert all(isinstance(c, RandomResizedCrop) for c in crops)
+    assert [c.scale for c in crops] == [(0.5, 1.0)] * 2 + [(0.1, 0.3)] * 3
+    assert [(c.height, c.width) for c in crops] == [(12, 12)] * 2 + [(6, 6)] * 3
+    # Every crop draws its own randomness: no two views of an image agree.
+    views = augmenter(_images(n=4, size=20))
+    for i in range(2):
+        for j in range(i + 1, 2):
+            assert not np.allclose(views[i].numpy(), views[j].numpy())
+    for i in range(2, 5):
+        for j in range(i + 1, 5):
+            assert not np.allclose(views[i].numpy(), views[j].numpy())
+
+
 def test_pipeline_static_shapes_with_unknown_batch():
     augmenter = byol_views(12, seed=0)
     assert augmenter.compute_output_shape((None, 20, 20, 3)) == [(None, 12, 12, 3)] * 2

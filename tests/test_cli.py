@@ -246,3 +246,31 @@ def test_unknown_dataset_name(tmp_path, capsys):
         ["pretrain", "--data", "no_such_dataset_kcl", "--out", str(tmp_path / "out")], capsys
     )
     assert_one_line_error(code, err, "no_such_dataset_kcl")
+
+
+def test_pic_trains_on_the_sliding_window_scheduler(folder, tmp_path, capsys):
+    # 80 training images: windows of 32 moving by 16, 1 epoch -> 3 windows.
+    argv = folder_argv(
+        folder, tmp_path, "--method", "pic", "--channels", "1", "--window", "32", "--stride", "16",
+        "--set", "num_negatives=32", "--set", "projection_hidden_dims=[16]", "--knn-every", "0",
+        "--no-export", "--quiet",
+    )
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "3 windows of 32, stride 16" in stdout
+    with open(tmp_path / "out" / "history.json") as f:
+        history = json.load(f)
+    assert len(history["loss"]) == 3 and all(np.isfinite(history["loss"]))
+
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--window", "32"], ["--window", "SimCLR", "--method=simclr"]),
+        (["--method", "pic", "--window", "100000"], ["--window", "window=100000"]),
+        (["--method", "pic", "--window", "8"], ["--window=8", "--batch-size=16"]),
+    ],
+)
+def test_bad_scheduler_flags(folder, tmp_path, capsys, extra, needles):
+    code, _, err = run(folder_argv(folder, tmp_path, *extra), capsys)
+    assert_one_line_error(code, err, *needles)

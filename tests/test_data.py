@@ -392,3 +392,133 @@ def test_check_fit_inputs_rejects_views_outside_the_unit_range():
     views = (np.full((4, 4, 4, 1), 2.0, "float32"), np.zeros((4, 4, 4, 1), "float32"))
     with pytest.raises(ValueError, match=r"views\[0\]"):
         data.check_fit_inputs({"views": views})
+
+
+# ------------------------------------------------ PIC sliding-window scheduler
+def windows(scheduler, epochs):
+    return [scheduler.window(e).numpy() for e in epochs]
+
+
+def test_sliding_window_every_index_in_w_over_s_consecutive_windows():
+    n, w, s = 24, 8, 2
+    scheduler = data.SlidingWindowScheduler(n, window=w, stride=s, seed=3)
+    cycle = windows(scheduler, range(n // s))  # one cycle: N / S windows
+    perm = scheduler.permutation(0).numpy()
+    assert sorted(perm) == list(range(n))
+    reordered = 0
+    for e, window in enumerate(cycle):
+        assert window.dtype == np.int64 and window.shape == (w,)
+        assert len(set(window)) == w  # no duplicates inside a window
+        # The permutation window, shuffled (set equality, not order).
+        unshuffled = perm[(e * s + np.arange(w)) % n]
+        assert set(window) == set(unshuffled)
+        reordered += not np.array_equal(window, unshuffled)
+    assert reordered == len(cycle)
+    for i in range(n):
+        seen = [e for e, window in enumerate(cycle) if i in window]
+        assert len(seen) == w // s, (i, seen)
+        # Consecutive, cyclically within the cycle of N / S windows.
+        gaps = np.diff(sorted(seen) + [min(seen) + n // s])
+        assert sorted(gaps)[:-1] == [1] * (w // s - 1), (i, seen)
+
+
+def test_sliding_window_reshuffles_each_cycle_unless_told_not_to():
+    n, w, s = 12, 6, 3
+    reshuffled = data.SlidingWindowScheduler(n, w, s, seed=1)
+    fixed = data.SlidingWindowScheduler(n, w, s, seed=1, reshuffle=False)
+    assert not np.array_equal(reshuffled.permutation(0), reshuffled.permutation(1))
+    np.testing.assert_array_equal(fixed.permutation(0), fixed.permutation(5))
+    np.testing.assert_array_equal(fixed.permutation(0), reshuffled.permutation(0))
+    # Epoch 4 starts cycle 1 (4 * 3 = 12): its window comes from perm_1.
+    perm1 = reshuffled.permutation(1).numpy()
+    assert set(reshuffled.window(4).numpy()) == set(perm1[:w])
+    assert set(fixed.window(4).numpy()) == set(fixed.permutation(0).numpy()[:w])
+    # A window that runs past the end of the permutation wraps in the same
+    # cycle: epoch 3 starts at 9 and takes positions 9, 10, 11, 0, 1, 2.
+    perm0 = reshuffled.permutation(0).numpy()
+    assert set(reshuffled.window(3).numpy()) == set(perm0[[9, 10, 11, 0, 1, 2]])
+
+
+def test_sliding_window_is_deterministic_by_seed():
+    a = data.SlidingWindowScheduler(50, 20, 5, seed=7)
+    b = data.SlidingWindowScheduler(50, 20, 5, seed=7)
+    c = data.SlidingWindowScheduler(50, 20, 5, seed=8)
+    for e in (0, 3, 11):
+        np.testing.assert_array_equal(a.window(e), b.window(e))
+    assert not np.array_equal(a.window(0), c.window(0))
+    # A tensor epoch (as inside tf.data) gives the same window.
+    np.testing.assert_array_equal(a.window(tf.constant(3, tf.int64)), a.window(3))
+
+
+def test_sliding_window_epochs_for_and_steps_per_epoch():
+    scheduler = data.SlidingWindowScheduler(1_281_167, 131_072, 16_384)
+    # ImageNet: 200 epochs of N samples in windows of W.
+    assert scheduler.epochs_for(200) == -(-200 * 1_281_167 // 131_072) == 1955
+    assert scheduler.epochs_for(0) == 0
+    assert scheduler.steps_per_epoch(512) == 256
+    small = data.SlidingWindowScheduler(10, 4, 2)
+    assert small.epochs_for(2) == 5 and small.steps_per_epoch(3) == 1
+    assert small.get_config() == {
+        "num_instances": 10, "window": 4, "stride": 2, "seed": 0, "reshuffle": True
+    }
+
+
+def test_sliding_window_dataset_batches_gather_their_indices():
+    n, w, s, b = 20, 8, 4, 3
+    images = np.arange(n, dtype="uint8")[:, None, None, None] * np.ones((1, 2, 2, 1), "uint8")
+    labels = np.arange(n) % 5
+    scheduler = data.SlidingWindowScheduler(n, w, s, seed=2)
+    dataset = data.sliding_window_dataset(images, scheduler, b, epochs=3, labels=labels)
+    batches = list(dataset.as_numpy_iterator())
+    steps = scheduler.steps_per_epoch(b)
+    assert len(batches) == 3 * steps == 6
+    for k, batch in enumerate(batches):
+        assert batch["images"].shape == (b, 2, 2, 1) and batch["images"].dtype == np.uint8
+        assert batch["index"].shape == (b,)
+        np.testing.assert_array_equal(batch["images"][:, 0, 0, 0], batch["index"])
+        np.testing.assert_array_equal(batch["label"], labels[batch["index"]])
+        # Batches are the window's first W // B * B indices, in order.
+        e, j = divmod(k, steps)
+        np.testing.assert_array_equal(batch["index"], scheduler.window(e).numpy()[j * b : (j + 1) * b])
+    # Resuming at epoch 1 gives the batches of epochs 1 and 2.
+    resumed = list(data.sliding_window_dataset(images, scheduler, b, 3, initial_epoch=1))
+    for got, expected in zip(resumed, batches[steps:]):
+        np.testing.assert_array_equal(got["index"], expected["index"])
+    assert len(resumed) == 2 * steps
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_instances": 0}, "num_instances=0"),
+        ({"num_instances": 10.0}, "num_instances"),
+        ({"window": 11}, "window=11"),
+        ({"window": 0}, "window=0"),
+        ({"stride": 0}, "stride=0"),
+        ({"stride": 5}, "stride=5"),
+        ({"stride": True}, "stride=True"),
+        ({"seed": "a"}, "seed"),
+        ({"reshuffle": 1}, "reshuffle=1"),
+    ],
+)
+def test_sliding_window_bad_arguments(kwargs, match):
+    arguments = {"num_instances": 10, "window": 4, "stride": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        data.SlidingWindowScheduler(**arguments)
+
+
+def test_sliding_window_dataset_bad_arguments():
+    scheduler = data.SlidingWindowScheduler(10, 4, 2)
+    images = np.zeros((10, 2, 2, 1), "uint8")
+    with pytest.raises(ValueError, match="num_instances=10"):
+        data.sliding_window_dataset(images[:9], scheduler, 2, 3)
+    with pytest.raises(ValueError, match="batch_size=5"):
+        data.sliding_window_dataset(images, scheduler, 5, 3)
+    with pytest.raises(ValueError, match="epochs=0"):
+        data.sliding_window_dataset(images, scheduler, 2, 0)
+    with pytest.raises(ValueError, match="labels"):
+        data.sliding_window_dataset(images, scheduler, 2, 3, labels=np.zeros(3))
+    with pytest.raises(ValueError, match="scheduler"):
+        data.sliding_window_dataset(images, None, 2, 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        scheduler.steps_per_epoch(0)

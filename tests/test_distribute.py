@@ -81,3 +81,9 @@ def test_importing_kcl_leaves_heavy_optional_modules_unloaded():
     code = "import sys, kcl; print('tensorflow_datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_all_reduce_max(two_cpus):
+    assert float(distribute.all_reduce_max(tf.constant(3.0))) == 3.0
+    maxima = _run(two_cpus, lambda x: distribute.all_reduce_max(tf.reduce_max(x)), np.array([1.0, 5.0, 2.0, 3.0], "float32"))
+    assert [float(m) for m in maxima] == [5.0, 5.0]

@@ -113,3 +113,25 @@ def test_export_of_an_encoder_with_any_input_size_needs_image_size(tmp_path):
 def test_export_rejects_what_is_not_a_model(tmp_path, model):
     with pytest.raises(ValueError, match="keras.Model"):
         kcl.export.export_saved_model(model, str(tmp_path / "out"), verbose=False)
+
+
+def test_encoder_of_any_size_is_exported_at_the_augmenters_size(tmp_path):
+    import kcl
+
+    encoder = kcl.backbones.get("resnet18_cifar", input_shape=(None, None, 1), width=0.125)
+    model = kcl.methods.SwAV(
+        encoder,
+        augmenter=kcl.methods.SwAV.default_augmenter(20, num_small=2),
+        projection_hidden_dims=(16,),
+        num_prototypes=5,
+    )
+    assert kcl.export.training_size(model) == (20, 20)
+    path = kcl.export.export_saved_model(model, str(tmp_path / "sm"), verbose=False)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (3, 20, 20, 1)).astype("uint8")
+    features = serve(images=tf.constant(images))["features"].numpy()
+    expected = model.predict(images, verbose=0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="image_size"):
+        kcl.export.export_saved_model(encoder, str(tmp_path / "bare"), verbose=False)

@@ -67,3 +67,22 @@ def test_config_round_trip_through_json():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         heads.MLPHead(**kwargs)
+
+
+def test_prototypes_normalize_rows_in_place_and_score():
+    from kcl.heads import Prototypes
+
+    layer = Prototypes(num_prototypes=6)
+    layer.build((None, 4))
+    layer.kernel.assign(np.random.default_rng(0).normal(size=(6, 4)).astype("float32") * 5)
+    before = layer.kernel.numpy()
+    layer.normalize()
+    kernel = layer.kernel.numpy()
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(kernel, before / np.linalg.norm(before, axis=1, keepdims=True), rtol=1e-6)
+    z = np.random.default_rng(1).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(layer(z).numpy(), z @ kernel.T, rtol=1e-5, atol=1e-6)
+    assert layer.compute_output_shape((None, 4)) == (None, 6)
+    assert Prototypes.from_config(layer.get_config()).num_prototypes == 6
+    with pytest.raises(ValueError, match="num_prototypes=0"):
+        Prototypes(0)

@@ -498,3 +498,146 @@ def test_mismatched_shapes():
         with pytest.raises(ValueError, match="Received: ") as error:
             call()
         assert name in str(error.value), (name, str(error.value))
+
+
+# ---------------------------------------------------------------------------
+# Sinkhorn-Knopp and swapped prediction (SwAV).
+
+
+def _sinkhorn_np(scores, epsilon=0.05, iterations=3):
+    """SwAV's algorithm as written in the paper's code: Q is [K, B] there."""
+    q = np.exp(scores.astype(np.float64) / epsilon).T  # [K, B]
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(axis=1, keepdims=True) * k  # rows (prototypes) to 1/K
+        q /= q.sum(axis=0, keepdims=True) * b  # columns (samples) to 1/B
+    return (q * b).T
+
+
+def test_sinkhorn_matches_the_papers_algorithm():
+    scores = _unit(_normal(32, 8)) @ _unit(_normal(12, 8)).T
+    np.testing.assert_allclose(losses.sinkhorn(scores).numpy(), _sinkhorn_np(scores), rtol=1e-4)
+    np.testing.assert_allclose(
+        losses.sinkhorn(scores, epsilon=0.1, iterations=7).numpy(),
+        _sinkhorn_np(scores, 0.1, 7),
+        rtol=1e-4,
+    )
+
+
+def test_sinkhorn_sums_per_sample_and_per_prototype():
+    b, k = 64, 16
+    scores = _unit(_normal(b, 8)) @ _unit(_normal(k, 8)).T
+    q = losses.sinkhorn(scores).numpy()
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
+    # The prototype sums move towards B/K: after 3 rounds far closer than a
+    # plain softmax assignment, and the iteration converges to exactly B/K.
+    softmax = np.exp(_log_softmax(scores / 0.05))
+    spread = np.std(q.sum(axis=0))
+    assert spread < 0.7 * np.std(softmax.sum(axis=0))
+    q = losses.sinkhorn(scores, iterations=100).numpy()
+    np.testing.assert_allclose(q.sum(axis=0), b / k, rtol=1e-4)
+    assert np.all(q >= 0)
+
+
+def test_sinkhorn_of_equal_scores_is_uniform():
+    for value in (0.0, 0.7, -1.0):
+        q = losses.sinkhorn(np.full((10, 30), value, "float32")).numpy()
+        np.testing.assert_allclose(q, 1.0 / 30, rtol=1e-5)
+
+
+def test_sinkhorn_is_stable_in_half_precision():
+    # exp(1 / 0.05) = 4.9e8 overflows float16 (max 65504); the max-shift
+    # keeps every entry of exp(.) in (0, 1].
+    scores = _unit(_normal(16, 8)) @ _unit(_normal(20, 8)).T
+    expected = losses.sinkhorn(scores).numpy()
+    for dtype in ("float16", "bfloat16"):
+        q = losses.sinkhorn(tf.cast(scores, dtype)).numpy()
+        assert q.dtype == np.float32 and np.all(np.isfinite(q))
+        np.testing.assert_allclose(q, expected, rtol=0.05, atol=1e-4)
+    # A prototype far from every sample at a small epsilon: exp(-2 / 0.02)
+    # underflows float32 unless each prototype is shifted by its own max;
+    # the shift is exact, so the codes still match the float64 reference.
+    scores = np.concatenate([np.full((16, 1), -1.0, "float32"), 0.9 + 0.1 * scores], axis=1)
+    q = losses.sinkhorn(scores, epsilon=0.02).numpy()
+    np.testing.assert_allclose(q, _sinkhorn_np(scores, 0.02), rtol=1e-3, atol=1e-6)
+    assert q[:, 0].sum() > 0.1
+
+
+def test_sinkhorn_column_weights_drop_samples():
+    scores = _unit(_normal(12, 8)) @ _unit(_normal(6, 8)).T
+    weights = np.array([0.0] * 4 + [1.0] * 8, "float32")
+    q = losses.sinkhorn(scores, column_weights=weights).numpy()
+    np.testing.assert_array_equal(q[:4], 0.0)
+    np.testing.assert_allclose(q[4:], _sinkhorn_np(scores[4:]), rtol=1e-4)
+
+
+def test_sinkhorn_on_two_replicas_equals_one_device(two_cpus):
+    scores = _unit(_normal(16, 8)) @ _unit(_normal(10, 8)).T
+    weights = np.array([0.0, 1.0] * 8, "float32")
+    expected = losses.sinkhorn(scores, column_weights=weights).numpy()
+
+    def halves(value):
+        return two_cpus.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(value)[ctx.replica_id_in_sync_group * 8 :][:8]
+        )
+
+    result = two_cpus.run(
+        tf.function(lambda s, w: losses.sinkhorn(s, column_weights=w)),
+        args=(halves(scores), halves(weights)),
+    )
+    local = [np.asarray(r) for r in two_cpus.experimental_local_results(result)]
+    np.testing.assert_allclose(np.concatenate(local), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sinkhorn_bad_arguments():
+    scores = np.zeros((4, 3), "float32")
+    with pytest.raises(ValueError, match="epsilon=0"):
+        losses.sinkhorn(scores, epsilon=0)
+    with pytest.raises(ValueError, match="iterations=0"):
+        losses.sinkhorn(scores, iterations=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        losses.sinkhorn(np.zeros((4,), "float32"))
+
+
+def test_swapped_prediction_matches_numpy_and_collapses_to_log_k():
+    k = 20
+    scores = [_unit(_normal(6, 8)) @ _unit(_normal(k, 8)).T for _ in range(4)]
+    codes = [_sinkhorn_np(s) for s in scores[:2]]
+    log_p = [_log_softmax(s / 0.1) for s in scores]
+    expected = 0.0
+    for s in range(2):
+        terms = [-(codes[s] * log_p[v]).sum(-1) for v in range(4) if v != s]
+        expected += sum(terms) / 3
+    expected /= 2
+    result = losses.swapped_prediction(scores, [c.astype("float32") for c in codes], 0.1)
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5)
+    # A collapsed model: equal scores for every prototype give ln K,
+    # whatever the codes (METHODS.md: 8.006 for K = 3000).
+    flat = [np.full((5, 3000), 0.3, "float32")] * 3
+    loss = losses.swapped_prediction(flat, [_sinkhorn_np(flat[0]).astype("float32")] * 2)
+    np.testing.assert_allclose(loss.numpy(), math.log(3000), rtol=1e-5)
+    assert round(math.log(3000), 3) == 8.006
+
+
+def test_swapped_prediction_has_no_gradient_into_codes():
+    scores = [tf.constant(_normal(4, 5)) for _ in range(3)]
+    codes = tf.constant(_sinkhorn_np(scores[0].numpy()).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(codes)
+        tape.watch(scores)
+        loss = tf.reduce_sum(losses.swapped_prediction(scores, [codes]))
+    assert tape.gradient(loss, codes) is None
+    # Crop 0 only gives codes here; the other crops predict them.
+    gradients = tape.gradient(loss, scores)
+    assert gradients[0] is None and all(g is not None for g in gradients[1:])
+
+
+def test_swapped_prediction_bad_arguments():
+    s = np.zeros((2, 3), "float32")
+    with pytest.raises(ValueError, match="len\\(scores\\)=1"):
+        losses.swapped_prediction([s], [s])
+    with pytest.raises(ValueError, match="len\\(codes\\)=3"):
+        losses.swapped_prediction([s, s], [s, s, s])
+    with pytest.raises(ValueError, match="temperature"):
+        losses.swapped_prediction([s, s], [s], temperature=0.0)

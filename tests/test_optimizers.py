@@ -224,3 +224,92 @@ def test_one_step_on_two_replicas_equals_one_device(two_cpus):
         moved += np.abs(delta).max() > 0
         np.testing.assert_allclose(copies[0] - start, delta, rtol=1e-4, atol=1e-4 * np.abs(delta).max() + 1e-7)
     assert moved >= 4
+
+
+# ------------------------------------------------------- sgd_catch_up (PIC)
+
+
+def zero_gradient_sgd(w, u, learning_rates, momentum, weight_decay):
+    """Plain PyTorch SGD steps with g = 0, one at a time, in float64."""
+    w, u = np.array(w, "float64"), np.array(u, "float64")
+    for lr in learning_rates:
+        u = momentum * u + 0.0 + weight_decay * w
+        w = w - lr * u
+    return w, u
+
+
+def cosine(steps, peak=0.5):
+    return peak * (1 + np.cos(np.pi * np.arange(steps) / steps)) / 2
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_sgd_catch_up_equals_zero_gradient_steps_one_by_one(schedule):
+    from kcl.optimizers import sgd_catch_up
+
+    steps, rows, dim, m, wd = 37, 9, 5, 0.9, 0.05
+    lrs = np.full(steps, 0.3) if schedule == "constant" else cosine(steps)
+    rng = np.random.default_rng(0)
+    w, u = rng.normal(size=(rows, dim)), rng.normal(size=(rows, dim))
+    # Each row its own range of missed steps: none, one, several, all, and
+    # ranges that end before the last step.
+    start = np.array([0, 5, 36, 0, 10, 3, 20, 37, 1])
+    stop = np.array([0, 6, 37, 37, 30, 4, 37, 37, 36])
+    new_w, new_u = sgd_catch_up(w, u, lrs, start, stop, momentum=m, weight_decay=wd)
+    assert new_w.dtype == tf.float64
+    for r in range(rows):
+        ref_w, ref_u = zero_gradient_sgd(w[r], u[r], lrs[start[r] : stop[r]], m, wd)
+        np.testing.assert_allclose(new_w.numpy()[r], ref_w, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(new_u.numpy()[r], ref_u, rtol=1e-12, atol=1e-12)
+    # n = 0 is the identity; the check can fail: many steps do move the row.
+    np.testing.assert_array_equal(new_w.numpy()[0], w[0])
+    assert np.abs(new_w.numpy()[3] - w[3]).max() > 0.1
+
+
+def test_sgd_catch_up_in_float32_and_default_ranges():
+    from kcl.optimizers import sgd_catch_up
+
+    lrs = cosine(200, peak=0.1)
+    rng = np.random.default_rng(1)
+    w, u = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    new_w, new_u = sgd_catch_up(
+        w.astype("float32"), u.astype("float32"), lrs, momentum=0.9, weight_decay=1e-4
+    )
+    ref_w, ref_u = zero_gradient_sgd(w, u, lrs, 0.9, 1e-4)
+    np.testing.assert_allclose(new_w.numpy(), ref_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_u.numpy(), ref_u, rtol=1e-5, atol=1e-6)
+
+
+def test_matrix_tree_updates_match_a_rebuilt_tree_and_queries_any_range():
+    from kcl import optimizers
+
+    rng = np.random.default_rng(2)
+    matrices = rng.normal(size=(8, 2, 2))
+    nodes = optimizers.matrix_tree(matrices).numpy()
+    assert nodes.shape == (16, 2, 2)
+    changed = rng.normal(size=(2, 2, 2))
+    indices, values = optimizers.matrix_tree_updates(nodes, [1, 6], changed)
+    nodes[indices.numpy()] = values.numpy()
+    matrices[[1, 6]] = changed
+    np.testing.assert_allclose(nodes, optimizers.matrix_tree(matrices).numpy(), rtol=1e-12)
+    start, stop = np.meshgrid(np.arange(9), np.arange(9), indexing="ij")
+    start, stop = start[start <= stop], stop[start <= stop]
+    products = optimizers.matrix_tree_query(nodes, start, stop).numpy()
+    for s, e, product in zip(start, stop, products):
+        expected = np.eye(2)
+        for k in range(s, e):
+            expected = matrices[k] @ expected
+        np.testing.assert_allclose(product, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_sgd_catch_up_bad_arguments():
+    from kcl.optimizers import matrix_tree, sgd_catch_up
+
+    w = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="stop"):
+        sgd_catch_up(w, w, [0.1, 0.1], start=[0, 1], stop=[2, 3])
+    with pytest.raises(ValueError, match="start"):
+        sgd_catch_up(w, w, [0.1, 0.1], start=[1, 0], stop=[0, 2])
+    with pytest.raises(ValueError, match="learning_rates"):
+        sgd_catch_up(w, w, [[0.1]])
+    with pytest.raises(ValueError, match="num_leaves"):
+        matrix_tree(np.zeros((5, 2, 2)), num_leaves=6)

@@ -10,8 +10,10 @@ from kcl.methods.base import ContrastiveModel
 from kcl.methods.byol import BYOL
 from kcl.methods.moco import MoCoV2
 from kcl.methods.nnclr import NNCLR
+from kcl.methods.pic import PIC
 from kcl.methods.simclr import SimCLR
 from kcl.methods.simsiam import SimSiam
+from kcl.methods.swav import SwAV
 
 
 def _all_methods():
@@ -41,4 +43,4 @@ def get(name):
     return methods[key]
 
 
-__all__ = ["BYOL", "NNCLR", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "get", "names"]
+__all__ = ["BYOL", "NNCLR", "PIC", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "SwAV", "get", "names"]

@@ -3,8 +3,10 @@
 A method subclasses `ContrastiveModel` and implements one hook,
 `compute_ssl_loss(views, labels, index, training)`, plus, when it has state
 updated without gradients (momentum encoders, queues, prototypes),
-`update_state_after_step(outputs)`, and, when it reports metrics of its own,
-`method_metrics()`. The base class owns the rest of the
+`update_state_after_step(outputs)`; when it reports metrics of its own,
+`method_metrics()`; and when some weights must not follow the compiled
+optimizer as-is (SwAV's frozen prototypes, PIC's instance weights),
+`apply_gradients(gradients, variables)`. The base class owns the rest of the
 method contract (DESIGN.md):
 
 - the three input forms of `fit`: raw images `x`; `(x, y)` with integer
@@ -175,12 +177,56 @@ class ContrastiveModel(keras.Model):
                 f"Received: len(views)={len(views)}"
             )
 
+    def encode_crops(self, views, training):
+        """Encoder features of every view, `[V * b, F]`, in view order.
+
+        Multi-crop methods (SwAV, PIC) get views of several sizes.
+        Consecutive views of the same size go through the encoder as one
+        batch, as SwAV's code does, so its batch norm sees them together;
+        the rows of view `v` are `v * b` to `(v + 1) * b`.
+        """
+        groups, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
+                end += 1
+            groups.append(tf.concat(views[start:end], axis=0))
+            start = end
+        features = [self.encoder(group, training=training) for group in groups]
+        return features[0] if len(features) == 1 else tf.concat(features, axis=0)
+
+    def embed_crops(self, views, head, training):
+        """Normalised embeddings `norm(head(f(x_v)))` of every view, and `f(x_0)`.
+
+        `head` runs once over the features of all views (its batch norm, if
+        any, over all of them).
+
+        Returns:
+            `(embeddings, features)`: a list of `V` float32 `[b, D]` tensors,
+            and the encoder features `[b, F]` of the first view.
+        """
+        features = self.encode_crops(views, training)  # [V * b, F]
+        z = tf.math.l2_normalize(tf.cast(head(features, training=training), "float32"), -1)
+        return tf.split(z, len(views), axis=0), features[: tf.shape(views[0])[0]]
+
     def method_metrics(self):
         """Metrics of the method itself (e.g. NNCLR's `nn_acc`), reset each epoch."""
         return []
 
     def update_state_after_step(self, outputs):
         """Updates without gradient, run after the optimizer step (EMA, queues)."""
+
+    def apply_gradients(self, gradients, variables):
+        """The optimizer step: `self.optimizer.apply(gradients, variables)`.
+
+        `gradients` are those of the (loss-scaled) total loss with respect to
+        `variables`, this replica's share; the optimizer sums them over
+        replicas. A method overrides this to treat some weights differently
+        (SwAV holds its prototypes during the first steps, PIC updates its
+        instance weights row by row) and calls `super().apply_gradients` for
+        the rest.
+        """
+        self.optimizer.apply(gradients, variables)
 
     @classmethod
     def default_augmenter(cls, size, seed=None, **overrides):
@@ -263,7 +309,7 @@ class ContrastiveModel(keras.Model):
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
+        self.apply_gradients(gradients, variables)
         # Order matters: EMA targets, queues and prototypes are updated from
         # the weights *after* the optimizer step, as in the papers.
         self.update_state_after_step(outputs)

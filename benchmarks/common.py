@@ -1,0 +1,40 @@
+"""Pieces every benchmark script shares: child processes, memory, output."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+
+def peak_rss_mib():
+    """Peak resident memory of this process, MiB (`ru_maxrss` is KiB on Linux)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def run_child(script, *arguments):
+    """Runs `script` with `arguments` in a fresh Python; returns its last stdout line as JSON.
+
+    One process per measurement: TensorFlow's thread pools and memory (and
+    so the peak RSS) are the measurement's own.
+    """
+    command = [sys.executable, script, *map(str, arguments)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def load_average():
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def report(results, json_path=None, table=None):
+    """Writes `results` to `json_path` and prints `table(results)` when given."""
+    print(f"load average after: {load_average()}", flush=True)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)
+    if table is not None:
+        print(table(results))
