@@ -133,6 +133,7 @@ class InstanceClassifier(keras.layers.Layer):
         # Rows swept per step so that each row is visited at least every
         # H - 1 steps.
         self.sweep_size = -(-self.num_instances // (self.catch_up_horizon - 1))
+        self._catch_up_graph = None
         self.build()
 
     @property
@@ -338,16 +339,18 @@ class InstanceClassifier(keras.layers.Layer):
         """Brings every row of `W, U` up to date with the steps taken (`O(N (D + log H))`)."""
         if not self.sampling:
             return
+        # As one graph, traced once (checkpoints call this every epoch):
+        # about twice as fast as eager ops on N rows.
+        if self._catch_up_graph is None:
+            self._catch_up_graph = tf.function(self._catch_up)
+        self._catch_up_graph()
 
-        def catch_up():
-            step = tf.convert_to_tensor(self.step)
-            weights, momenta = self.caught_up(tf.range(self.num_instances), step)
-            self.instance_weights.assign(weights)
-            self.momenta.assign(momenta)
-            self.last_step.assign(tf.fill([self.num_instances], step))
-
-        # As one graph: about twice as fast as eager ops on N rows.
-        tf.function(catch_up)()
+    def _catch_up(self):
+        step = tf.convert_to_tensor(self.step)
+        weights, momenta = self.caught_up(tf.range(self.num_instances), step)
+        self.instance_weights.assign(weights)
+        self.momenta.assign(momenta)
+        self.last_step.assign(tf.fill([self.num_instances], step))
 
     def call(self, inputs=None):
         return tf.convert_to_tensor(self.instance_weights)
