@@ -257,7 +257,15 @@ def nt_xent(query1, query2, key1=None, key2=None, temperature=0.5, offset=0):
 
 
 def info_nce(
-    query, positive, negatives=None, temperature=0.1, *, keys=None, offset=0
+    query,
+    positive,
+    negatives=None,
+    temperature=0.1,
+    *,
+    keys=None,
+    offset=0,
+    weak_negative=None,
+    alpha=1.0,
 ):
     """InfoNCE: classify each query's positive among negatives (CPC, MoCo).
 
@@ -273,6 +281,11 @@ def info_nce(
     and `l_i = -log softmax(logits_i)[label]`. When all logits are equal the
     loss is `log(K + 1)`, the bound's `log N` term.
 
+    A weak-semantic negative (Ge et al., 2021) adds one column per query:
+    with `weak_negative` `t_i`, `logits_i` gains `alpha * q_i . t_i / t` as
+    its last entry. With `alpha = 1` this is the same as `t_i` appended to
+    the negatives of query `i` alone.
+
     Under a distribution strategy, the in-batch form takes the positives
     gathered from all replicas as `keys` and this replica's first row as
     `offset`, as in `nt_xent`; a queue is already global.
@@ -287,6 +300,11 @@ def info_nce(
             from all replicas in replica order. Defaults to `positive`.
         offset: keyword only, in-batch form only: row of this replica's first
             example in `keys` (int or scalar int tensor). Defaults to `0`.
+        weak_negative: keyword only, `[b, D]` one extra negative per query
+            (row-aligned), e.g. the key of a patch-shuffled copy of the query.
+            Defaults to `None`.
+        alpha: keyword only, weight of the weak negative's logit. Defaults to
+            `1.0`.
 
     Returns:
         Float32 tensor `[b]` of per-example losses.
@@ -312,6 +330,14 @@ def info_nce(
     inv_t = 1.0 / tf.cast(temperature, tf.float32)
     query, positive = _normalize(query), _normalize(positive)
 
+    def with_weak_negative(logits):
+        if weak_negative is None:
+            return logits
+        weak = _normalize(_embeddings("weak_negative", weak_negative))
+        _check_same_size("query", query, 0, "weak_negative", weak, 0, "batch size")
+        weak_logit = tf.cast(alpha, tf.float32) * tf.reduce_sum(query * weak, 1, keepdims=True)
+        return tf.concat([logits, weak_logit * inv_t], axis=1)
+
     if negatives is not None:
         if keys is not None:
             raise ValueError(
@@ -326,7 +352,7 @@ def info_nce(
         negative_logits = tf.matmul(query, negatives, transpose_b=True)
         logits = tf.concat([positive_logit, negative_logits], axis=1) * inv_t
         labels = tf.zeros(tf.shape(query)[:1], tf.int32)
-        return _softmax_cross_entropy(logits, labels)
+        return _softmax_cross_entropy(with_weak_negative(logits), labels)
 
     if keys is None:
         keys = positive
@@ -337,7 +363,7 @@ def info_nce(
     offset = _check_offset(offset, query.shape[0], keys.shape[0])
     logits = tf.matmul(query, keys, transpose_b=True) * inv_t  # [b, B]
     labels = offset + tf.range(tf.shape(query)[0])
-    return _softmax_cross_entropy(logits, labels)
+    return _softmax_cross_entropy(with_weak_negative(logits), labels)
 
 
 # ---------------------------------------------------------------------------

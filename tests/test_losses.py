@@ -641,3 +641,26 @@ def test_swapped_prediction_bad_arguments():
         losses.swapped_prediction([s, s], [s, s, s])
     with pytest.raises(ValueError, match="temperature"):
         losses.swapped_prediction([s, s], [s], temperature=0.0)
+
+
+def test_info_nce_weak_negative_with_alpha_1_is_a_per_query_negative():
+    q, k, t = _normal(6, 8), _normal(6, 8), _normal(6, 8)
+    queue = _normal(10, 8)
+    loss = losses.info_nce(q, k, queue, 0.2, weak_negative=t, alpha=1.0).numpy()
+    for i in range(6):
+        # Query i alone, with t_i appended to the queue: the same loss.
+        alone = losses.info_nce(q[i : i + 1], k[i : i + 1], np.concatenate([queue, t[i : i + 1]]), 0.2)
+        np.testing.assert_allclose(loss[i], alone.numpy()[0], rtol=1e-5)
+    # alpha scales the weak logit: a NumPy reference.
+    qn, kn, tn, nn = _unit(q), _unit(k), _unit(t), _unit(queue)
+    logits = np.concatenate(
+        [(qn * kn).sum(1, keepdims=True), qn @ nn.T, 2.0 * (qn * tn).sum(1, keepdims=True)], 1
+    ) / 0.2
+    expected = -_log_softmax(logits)[:, 0]
+    np.testing.assert_allclose(
+        losses.info_nce(q, k, queue, 0.2, weak_negative=t, alpha=2.0).numpy(), expected, rtol=1e-5
+    )
+    # The in-batch form takes it too.
+    in_batch = losses.info_nce(q, k, temperature=0.2, weak_negative=t, alpha=2.0).numpy()
+    logits = np.concatenate([qn @ kn.T, 2.0 * (qn * tn).sum(1, keepdims=True)], 1) / 0.2
+    np.testing.assert_allclose(in_batch, -_log_softmax(logits)[np.arange(6), np.arange(6)], rtol=1e-5)

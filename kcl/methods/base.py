@@ -389,12 +389,15 @@ class ContrastiveModel(keras.Model):
         )
         return config
 
+    # Constructor arguments that are Keras objects, serialised by get_config.
+    nested_objects = ("encoder", "augmenter")
+
     @classmethod
     def from_config(cls, config):
         # Keras' deserialisation consumes nested dicts; work on a copy.
         config = copy.deepcopy(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        if config.get("augmenter") is not None:
-            config["augmenter"] = keras.saving.deserialize_keras_object(config["augmenter"])
+        for name in cls.nested_objects:
+            if config.get(name) is not None:
+                config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
 

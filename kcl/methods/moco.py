@@ -58,6 +58,15 @@ class MoCoV2(ContrastiveModel):
             Defaults to `0.999`.
         synchronized_bn: BN of the encoder and key encoder over the global
             batch. Defaults to `True`.
+        weak_negatives: a Keras layer turning the batch of query views into
+            weak-semantic negatives (Ge et al., 2021), e.g.
+            `kcl.negatives.PatchNegatives()`; `None` for plain MoCo v2. Each
+            query then gets one more negative, `t_m` = the key network's
+            embedding of its weak negative (not enqueued), with the logit
+            `alpha * q.t_m / t`: logits `[q.k+, q.queue, alpha q.t_m] / t`.
+            Defaults to `None`.
+        alpha: weight of the weak negative's logit; the paper uses 2 (3
+            trades accuracy for robustness). Defaults to `2.0`.
         num_classes: classes for the online linear probe; `None` for none.
             Defaults to `None`.
         **kwargs: `keras.Model` arguments.
@@ -79,6 +88,8 @@ class MoCoV2(ContrastiveModel):
           Representation Learning](https://arxiv.org/abs/1911.05722)
     """
 
+    nested_objects = ContrastiveModel.nested_objects + ("weak_negatives",)
+
     def __init__(
         self,
         encoder,
@@ -89,6 +100,8 @@ class MoCoV2(ContrastiveModel):
         temperature=0.2,
         momentum=0.999,
         synchronized_bn=True,
+        weak_negatives=None,
+        alpha=2.0,
         num_classes=None,
         **kwargs,
     ):
@@ -114,6 +127,14 @@ class MoCoV2(ContrastiveModel):
             raise ValueError(
                 f"`momentum` must be in [0, 1]. Received: momentum={momentum}"
             )
+        if weak_negatives is not None and not isinstance(weak_negatives, keras.layers.Layer):
+            raise ValueError(
+                "`weak_negatives` must be a Keras layer mapping query views to "
+                "weak negatives, e.g. kcl.negatives.PatchNegatives(). "
+                f"Received: weak_negatives={weak_negatives!r}"
+            )
+        if not alpha >= 0:
+            raise ValueError(f"`alpha` must be non-negative. Received: alpha={alpha}")
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
         self.projection_hidden_dims = tuple(int(d) for d in hidden_dims)
         self.projection_dim = int(projection_dim)
@@ -121,6 +142,12 @@ class MoCoV2(ContrastiveModel):
         self.temperature = float(temperature)
         self.momentum = float(momentum)
         self.synchronized_bn = bool(synchronized_bn)
+        self.weak_negatives = weak_negatives
+        self.alpha = float(alpha)
+        if weak_negatives is not None and not weak_negatives.built:
+            # Built with the model (Keras refuses to fit a model with an
+            # unbuilt layer under a strategy).
+            weak_negatives.build(self.encoder.input_shape)
 
         # Global (or per-replica) BN in the encoder, set before the key
         # encoder is cloned from it so both use the same scheme.
@@ -176,11 +203,22 @@ class MoCoV2(ContrastiveModel):
         q = self.projector(features, training=training)
         q = tf.math.l2_normalize(tf.cast(q, "float32"), -1)  # [b, D]
         k = self._keys(views[1], training)  # [b, D]
+        weak = None
+        if self.weak_negatives is not None:
+            # Ge et al.: a negative keeping the query's patches or texture but
+            # not its shape, embedded by the key encoder (t_m) and never
+            # enqueued; its logit is alpha * q.t_m / t.
+            weak = self._keys(self.weak_negatives(views[0], training=training), training)
         # Logits [q.k+, q.queue] / t with label 0: [b, 1 + K]. The queue is
         # already global (every replica holds the same one), so no gather is
         # needed for the negatives.
         per_example = losses.info_nce(
-            q, k, negatives=self.queue.features, temperature=self.temperature
+            q,
+            k,
+            negatives=self.queue.features,
+            temperature=self.temperature,
+            weak_negative=weak,
+            alpha=self.alpha,
         )
         return {"loss": distribute.global_mean(per_example), "features": features, "keys": k}
 
@@ -201,5 +239,11 @@ class MoCoV2(ContrastiveModel):
             temperature=self.temperature,
             momentum=self.momentum,
             synchronized_bn=self.synchronized_bn,
+            weak_negatives=(
+                None
+                if self.weak_negatives is None
+                else keras.saving.serialize_keras_object(self.weak_negatives)
+            ),
+            alpha=self.alpha,
         )
         return config

@@ -252,3 +252,72 @@ def test_bad_arguments(kwargs, match):
     arguments = {"encoder": checks.tiny_encoder(), "queue_size": QUEUE, **kwargs}
     with pytest.raises(ValueError, match=match):
         MoCoV2(**arguments)
+
+
+# ------------------------------------------------ weak-semantic negatives
+
+
+@keras.saving.register_keras_serializable(package="kcl_tests")
+class MirrorNegatives(keras.layers.Layer):
+    """A deterministic stand-in for a weak-negative layer: the query mirrored."""
+
+    def call(self, x, training=False):
+        return tf.reverse(x, axis=[2])
+
+
+def build_weak(alpha=1.0, weak_negatives=None):
+    return MoCoV2(
+        checks.tiny_encoder(),
+        projection_hidden_dims=(32,),
+        projection_dim=16,
+        queue_size=QUEUE,
+        temperature=TEMPERATURE,
+        weak_negatives=weak_negatives or MirrorNegatives(),
+        alpha=alpha,
+    )
+
+
+def test_weak_negative_with_alpha_1_is_the_negative_appended_to_the_queue_logits():
+    # Ge et al. / METHODS.md check: logits [q.k+, q.queue, alpha q.t] / t with
+    # alpha = 1 equal MoCo with t appended to each query's queue logits.
+    model = build_weak(alpha=1.0)
+    v1, v2 = as_tensors(checks.random_views(8))
+    q = tf.math.l2_normalize(model.projector(model.encoder(v1)), axis=-1).numpy()
+    k = model._keys(v2, False).numpy()
+    t = model._keys(tf.reverse(v1, axis=[2]), False).numpy()
+    queue = model.queue.features.numpy()
+    per_query = []
+    for i in range(8):
+        logits = np.concatenate([[q[i] @ k[i]], queue @ q[i], [q[i] @ t[i]]]) / TEMPERATURE
+        logits -= logits.max()
+        per_query.append(-(logits[0] - np.log(np.exp(logits).sum())))
+    loss = model.compute_ssl_loss([v1, v2], training=False)["loss"].numpy()
+    np.testing.assert_allclose(loss, np.mean(per_query), rtol=1e-5)
+    plain = MoCoV2.compute_ssl_loss
+    model.weak_negatives = None  # the same model without the weak negative differs
+    assert abs(plain(model, [v1, v2], training=False)["loss"].numpy() - loss) > 1e-4
+
+
+def test_weak_negatives_are_not_enqueued_and_round_trip(tmp_path):
+    model = build_weak(alpha=2.0)
+    model.compile(optimizer=checks.sgd())
+    v1, v2 = checks.random_views(8)
+    before = model.queue.queue.numpy().copy()
+    checks.fit_one_step(model, {"views": (v1, v2)})
+    # Only the 8 keys were written; the weak negatives' keys were not.
+    assert int(model.queue.pointer.numpy()) == 8
+    np.testing.assert_array_equal(model.queue.queue.numpy()[8:], before[8:])
+    clone = checks.check_config_round_trip(model)
+    assert isinstance(clone.weak_negatives, MirrorNegatives) and clone.alpha == 2.0
+    checks.check_save_load(model, checks.random_images(4), tmp_path)
+
+
+def test_distributed_step_with_weak_negatives_equals_single_device_step():
+    checks.check_distributed_equivalence(build_weak, views_batch())
+
+
+def test_weak_negatives_must_be_a_layer():
+    with pytest.raises(ValueError, match="weak_negatives="):
+        build_weak(weak_negatives="patch")
+    with pytest.raises(ValueError, match="alpha=-1"):
+        build_weak(alpha=-1.0)
