@@ -6,7 +6,8 @@ Public modules:
 - `kcl.augment`: view pipelines as Keras layers run inside `train_step`.
 - `kcl.heads`, `kcl.losses`, `kcl.distribute`: the shared parts of methods.
 - `kcl.queues`, `kcl.optimizers`: feature queues, momentum encoders, LARS.
-- `kcl.methods`: SimCLR, MoCo v2, BYOL, SimSiam, NNCLR, each a `keras.Model`.
+- `kcl.methods`: SimCLR, MoCo v2, BYOL, SimSiam, NNCLR, SwAV, PIC, each a `keras.Model`.
+- `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
 - `kcl.zoo`: `load(name_or_dir)`, `list()`, presets.
 """
@@ -23,6 +24,7 @@ from kcl import (
     heads,  # noqa: F401
     losses,  # noqa: F401
     methods,  # noqa: F401
+    negatives,  # noqa: F401
     optimizers,  # noqa: F401
     queues,  # noqa: F401
     zoo,  # noqa: F401

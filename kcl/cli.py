@@ -187,6 +187,33 @@ def build_parser():
         default=None,
         help="square input size fed to the encoder, when the encoder does not fix one.",
     )
+
+    textures = commands.add_parser(
+        "build-textures",
+        help="synthesise one texture per training image (weak negatives; resumable)",
+        description="Synthesise a texture per image (image quilting from a centre "
+        "and a random patch, kcl.negatives.synthesize_texture) into OUT/000000.png, "
+        "... aligned with the dataset as `kcl pretrain` loads it, for "
+        "kcl.negatives.TextureNegatives. An interrupted build resumes.",
+    )
+    _add_data_flags(textures)
+    textures.add_argument("--split", choices=("train", "test"), default="train", help="Default: train.")
+    textures.add_argument("--out", required=True, help="output folder.")
+    textures.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the image-folder shuffle seed of `kcl pretrain --seed` (texture i "
+        "belongs to image i) and the synthesis seed. Default: 0.",
+    )
+    for name in ("size", "patch", "block", "overlap", "stride"):
+        textures.add_argument(
+            f"--{name}",
+            type=int,
+            default=None,
+            help=f"texture {name} in pixels (see kcl.negatives.synthesize_texture). Default: scaled to the image.",
+        )
+    textures.add_argument("--tolerance", type=float, default=0.1, help="block choice tolerance. Default: 0.1.")
     return parser
 
 
@@ -526,10 +553,33 @@ def cmd_export(args):
     print(f"kcl: SavedModel written to {args.out}")
 
 
+def cmd_build_textures(args):
+    from kcl import negatives
+
+    images, _ = _load_split(args, args.split)
+    written = negatives.build_texture_folder(
+        images,
+        args.out,
+        size=args.size,
+        patch=args.patch,
+        block=args.block,
+        overlap=args.overlap,
+        stride=args.stride,
+        tolerance=args.tolerance,
+        seed=args.seed,
+    )
+    print(f"kcl: {written} textures written, {len(images)} in {args.out}")
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    command = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export}[args.command]
+    command = {
+        "pretrain": cmd_pretrain,
+        "eval": cmd_eval,
+        "export": cmd_export,
+        "build-textures": cmd_build_textures,
+    }[args.command]
     try:
         command(args)
     except (ValueError, FileNotFoundError) as error:
