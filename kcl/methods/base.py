@@ -169,6 +169,41 @@ class ContrastiveModel(keras.Model):
         """
         raise NotImplementedError
 
+    def attach_weak_negatives(self, weak_negatives, alpha):
+        """Checks and stores the weak-semantic negatives plug-in (Ge et al., 2021).
+
+        Args:
+            weak_negatives: a Keras layer mapping the batch of query views
+                `[b, H, W, C]` to weak negatives of the same shape (e.g.
+                `kcl.negatives.PatchNegatives()`), or `None`.
+            alpha: non-negative weight of the weak negative's logit.
+        """
+        if weak_negatives is not None and not isinstance(weak_negatives, keras.layers.Layer):
+            raise ValueError(
+                "`weak_negatives` must be a Keras layer mapping query views to "
+                "weak negatives, e.g. kcl.negatives.PatchNegatives(). "
+                f"Received: weak_negatives={weak_negatives!r}"
+            )
+        if not (isinstance(alpha, numbers.Real) and alpha >= 0):
+            raise ValueError(f"`alpha` must be a non-negative number. Received: alpha={alpha!r}")
+        if weak_negatives is not None and not weak_negatives.built:
+            # Built with the model: Keras refuses to fit a model holding an
+            # unbuilt layer under a strategy.
+            weak_negatives.build(self.encoder.input_shape)
+        self.weak_negatives = weak_negatives
+        self.alpha = float(alpha)
+
+    def weak_negatives_config(self):
+        """`get_config` entries of the weak-negatives plug-in."""
+        return {
+            "weak_negatives": (
+                None
+                if self.weak_negatives is None
+                else keras.saving.serialize_keras_object(self.weak_negatives)
+            ),
+            "alpha": self.alpha,
+        }
+
     def check_view_count(self, views, count=2):
         """Raises `ValueError` unless `views` holds exactly `count` view batches."""
         if len(views) != count:
@@ -390,7 +425,7 @@ class ContrastiveModel(keras.Model):
         return config
 
     # Constructor arguments that are Keras objects, serialised by get_config.
-    nested_objects = ("encoder", "augmenter")
+    nested_objects = ("encoder", "augmenter", "weak_negatives")
 
     @classmethod
     def from_config(cls, config):

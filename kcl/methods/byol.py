@@ -60,6 +60,24 @@ class BYOL(ContrastiveModel):
             `tau = base_momentum` throughout. Defaults to `None`.
         synchronized_bn: batch norm in the heads over the global batch.
             Defaults to `True`.
+        weak_negatives: a Keras layer turning each batch of views into
+            weak-semantic negatives (Ge et al., 2021), e.g.
+            `kcl.negatives.PatchNegatives()`, or `None` for plain BYOL. With
+            it, the regression loss becomes the paper's two-way contrast
+            between the positive and the weak negative: for the prediction
+            `p` of view `v`, the other view's target projection `z'` and the
+            target projection `t` of `v`'s weak negative (cosines `s`),
+
+                l(p) = -log( exp(s(p, z') / T)
+                             / (exp(s(p, z') / T) + exp(alpha s(p, t) / T)) ),
+
+            summed over both directions (`p1` with `z2'`, `p2` with `z1'`).
+            `t` gets no gradient and does not move the target. Defaults to
+            `None`.
+        alpha: weight of the weak negative's logit. Defaults to `2.0` (the
+            paper's MoCo setting).
+        weak_temperature: the temperature `T` of that contrast (the paper
+            gives none for BYOL; 0.2 is MoCo v2's). Defaults to `0.2`.
         num_classes: classes for the online linear probe; `None` for none.
             Defaults to `None`.
         **kwargs: `keras.Model` arguments.
@@ -90,6 +108,9 @@ class BYOL(ContrastiveModel):
         base_momentum=0.996,
         total_steps=None,
         synchronized_bn=True,
+        weak_negatives=None,
+        alpha=2.0,
+        weak_temperature=0.2,
         num_classes=None,
         **kwargs,
     ):
@@ -112,7 +133,14 @@ class BYOL(ContrastiveModel):
                 "`total_steps` must be a positive integer, or None for a "
                 f"constant momentum. Received: total_steps={total_steps!r}"
             )
+        if not (isinstance(weak_temperature, numbers.Real) and weak_temperature > 0):
+            raise ValueError(
+                "`weak_temperature` must be a positive number. "
+                f"Received: weak_temperature={weak_temperature!r}"
+            )
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        self.attach_weak_negatives(weak_negatives, alpha)
+        self.weak_temperature = float(weak_temperature)
         self.projection_hidden_dims = projection_hidden_dims
         self.projection_dim = int(projection_dim)
         self.prediction_hidden_dims = prediction_hidden_dims
@@ -182,15 +210,38 @@ class BYOL(ContrastiveModel):
             targets.append(tf.stop_gradient(tf.cast(z_target, "float32")))
         p1, p2 = predictions
         z1_target, z2_target = targets
-        # Symmetrised: each view's prediction regresses the *other* view's
-        # target projection.
-        per_example = losses.normalized_mse(p1, z2_target) + losses.normalized_mse(p2, z1_target)
+        if self.weak_negatives is None:
+            # Symmetrised: each view's prediction regresses the *other*
+            # view's target projection.
+            per_example = losses.normalized_mse(p1, z2_target) + losses.normalized_mse(
+                p2, z1_target
+            )
+        else:
+            per_example = self._weak_contrast(views, p1, p2, z1_target, z2_target, training)
         return {
             "loss": distribute.global_mean(per_example),
             "features": features[0],
             "predictions": predictions,
             "targets": targets,
         }
+
+    def _weak_contrast(self, views, p1, p2, z1_target, z2_target, training):
+        """Ge et al.'s two-way contrast, both directions, per example."""
+        per_example = 0.0
+        for view, p, z_other in ((views[0], p1, z2_target), (views[1], p2, z1_target)):
+            # The target network's projection of the weak negative of the
+            # predicting view: a constant, like the positive.
+            weak = self.weak_negatives(view, training=training)
+            t = self.target_projector(
+                self.target_encoder(weak, training=training), training=training
+            )
+            t = tf.stop_gradient(tf.cast(t, "float32"))
+            # InfoNCE with no other negatives: logits [p.z+, alpha p.t] / t.
+            no_queue = tf.zeros([0, self.projection_dim], "float32")
+            per_example += losses.info_nce(
+                p, z_other, no_queue, self.weak_temperature, weak_negative=t, alpha=self.alpha
+            )
+        return per_example
 
     def update_state_after_step(self, outputs):
         # xi <- tau_k xi + (1 - tau_k) theta from the weights *after* the
@@ -209,6 +260,8 @@ class BYOL(ContrastiveModel):
             base_momentum=self.base_momentum,
             total_steps=self.total_steps,
             synchronized_bn=self.synchronized_bn,
+            weak_temperature=self.weak_temperature,
+            **self.weak_negatives_config(),
         )
         return config
 

@@ -88,8 +88,6 @@ class MoCoV2(ContrastiveModel):
           Representation Learning](https://arxiv.org/abs/1911.05722)
     """
 
-    nested_objects = ContrastiveModel.nested_objects + ("weak_negatives",)
-
     def __init__(
         self,
         encoder,
@@ -127,14 +125,6 @@ class MoCoV2(ContrastiveModel):
             raise ValueError(
                 f"`momentum` must be in [0, 1]. Received: momentum={momentum}"
             )
-        if weak_negatives is not None and not isinstance(weak_negatives, keras.layers.Layer):
-            raise ValueError(
-                "`weak_negatives` must be a Keras layer mapping query views to "
-                "weak negatives, e.g. kcl.negatives.PatchNegatives(). "
-                f"Received: weak_negatives={weak_negatives!r}"
-            )
-        if not alpha >= 0:
-            raise ValueError(f"`alpha` must be non-negative. Received: alpha={alpha}")
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
         self.projection_hidden_dims = tuple(int(d) for d in hidden_dims)
         self.projection_dim = int(projection_dim)
@@ -142,12 +132,7 @@ class MoCoV2(ContrastiveModel):
         self.temperature = float(temperature)
         self.momentum = float(momentum)
         self.synchronized_bn = bool(synchronized_bn)
-        self.weak_negatives = weak_negatives
-        self.alpha = float(alpha)
-        if weak_negatives is not None and not weak_negatives.built:
-            # Built with the model (Keras refuses to fit a model with an
-            # unbuilt layer under a strategy).
-            weak_negatives.build(self.encoder.input_shape)
+        self.attach_weak_negatives(weak_negatives, alpha)
 
         # Global (or per-replica) BN in the encoder, set before the key
         # encoder is cloned from it so both use the same scheme.
@@ -239,11 +224,6 @@ class MoCoV2(ContrastiveModel):
             temperature=self.temperature,
             momentum=self.momentum,
             synchronized_bn=self.synchronized_bn,
-            weak_negatives=(
-                None
-                if self.weak_negatives is None
-                else keras.saving.serialize_keras_object(self.weak_negatives)
-            ),
-            alpha=self.alpha,
+            **self.weak_negatives_config(),
         )
         return config

@@ -289,3 +289,47 @@ def test_wrong_number_of_views():
     model = build()
     with pytest.raises(ValueError, match="len\\(views\\)=3"):
         model.compute_ssl_loss([tf.constant(v) for v in checks.random_views(4, num_views=3)])
+
+
+# ------------------------------------------------ weak-semantic negatives
+
+
+def test_weak_negatives_turn_the_loss_into_the_two_way_contrast():
+    from tests.methods.test_moco import MirrorNegatives
+
+    model = build(weak_negatives=MirrorNegatives(), alpha=2.0, weak_temperature=0.5)
+    v1, v2 = [tf.constant(v) for v in checks.random_views(8)]
+
+    def online(v):
+        return model.predictor(model.projector(model.encoder(v))).numpy()
+
+    def target(v):
+        return model.target_projector(model.target_encoder(v)).numpy()
+
+    expected = 0.0
+    for va, vb in ((v1, v2), (v2, v1)):
+        p, z, t = online(va), target(vb), target(tf.reverse(va, axis=[2]))
+        pos, neg = cosine(p, z) / 0.5, 2.0 * cosine(p, t) / 0.5
+        expected = expected + np.logaddexp(pos, neg) - pos
+    loss = model.compute_ssl_loss([v1, v2], training=False)["loss"].numpy()
+    np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
+
+
+def test_distributed_step_with_patch_negatives_equals_single_device_step():
+    from kcl.negatives import PatchNegatives
+
+    checks.check_distributed_equivalence(
+        lambda: build(weak_negatives=PatchNegatives(seed=0)), views_batch()
+    )
+
+
+def test_weak_negatives_config_round_trip_and_bad_values():
+    from kcl.negatives import PatchNegatives
+
+    model = build(weak_negatives=PatchNegatives(seed=1), alpha=3.0)
+    clone = checks.check_config_round_trip(model)
+    assert isinstance(clone.weak_negatives, PatchNegatives) and clone.alpha == 3.0
+    with pytest.raises(ValueError, match="weak_temperature=0"):
+        build(weak_temperature=0)
+    with pytest.raises(ValueError, match="alpha=-1"):
+        build(weak_negatives=PatchNegatives(), alpha=-1)
