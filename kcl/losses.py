@@ -161,11 +161,36 @@ def _softmax_cross_entropy(logits, labels):
     )
 
 
+def _append_weak_logit(logits, query, weak, alpha, inv_t, name):
+    """`logits` `[b, C]` with `alpha * q_i . t_i / t` appended as column `C` (Ge et al.).
+
+    `query` is normalised already; `weak` (`[b, D]`, row-aligned) is
+    normalised here. `weak=None` returns `logits` unchanged.
+    """
+    if weak is None:
+        return logits
+    weak = _normalize(_embeddings(name, weak))
+    _check_same_size("query", query, 0, name, weak, 0, "batch size")
+    weak_logit = tf.cast(alpha, tf.float32) * tf.reduce_sum(query * weak, 1, keepdims=True)
+    return tf.concat([logits, weak_logit * inv_t], axis=1)
+
+
 # ---------------------------------------------------------------------------
 # Mutual-information losses.
 
 
-def nt_xent(query1, query2, key1=None, key2=None, temperature=0.5, offset=0):
+def nt_xent(
+    query1,
+    query2,
+    key1=None,
+    key2=None,
+    temperature=0.5,
+    offset=0,
+    *,
+    weak1=None,
+    weak2=None,
+    alpha=1.0,
+):
     """Normalized temperature-scaled cross entropy (SimCLR's NT-Xent).
 
     Each of the `2B` views of a global batch of `B` examples is classified
@@ -200,6 +225,13 @@ def nt_xent(query1, query2, key1=None, key2=None, temperature=0.5, offset=0):
         offset: row of this replica's first example in the gathered keys,
             a Python int or a scalar int tensor (e.g. `replica_id * b`).
             Defaults to `0`.
+        weak1: keyword only, `[b, D]` a weak-semantic negative per view-1
+            query (Ge et al., 2021): its row gains the logit
+            `alpha * q_i . t_i / t`. Defaults to `None`.
+        weak2: keyword only, the same for the view-2 queries. Defaults to
+            `None`.
+        alpha: keyword only, weight of the weak negatives' logits. Defaults
+            to `1.0`.
 
     Returns:
         Float32 tensor `[2b]`: the losses of view-1 rows, then of view-2 rows.
@@ -244,15 +276,20 @@ def nt_xent(query1, query2, key1=None, key2=None, temperature=0.5, offset=0):
     rows = offset + tf.range(tf.shape(query1)[0])
     self_mask = tf.cast(tf.one_hot(rows, tf.shape(key1)[0]), tf.bool)  # [b, B]
 
-    def view_loss(query, partner_keys, own_keys):
+    def view_loss(query, partner_keys, own_keys, weak, name):
         positives_block = tf.matmul(query, partner_keys, transpose_b=True) * inv_t
         own_block = tf.matmul(query, own_keys, transpose_b=True) * inv_t
         own_block = tf.where(self_mask, _MASKED_LOGIT, own_block)
         logits = tf.concat([positives_block, own_block], axis=1)  # [b, 2B]
+        logits = _append_weak_logit(logits, query, weak, alpha, inv_t, name)
         return _softmax_cross_entropy(logits, rows)
 
     return tf.concat(
-        [view_loss(query1, key2, key1), view_loss(query2, key1, key2)], axis=0
+        [
+            view_loss(query1, key2, key1, weak1, "weak1"),
+            view_loss(query2, key1, key2, weak2, "weak2"),
+        ],
+        axis=0,
     )
 
 
@@ -331,12 +368,7 @@ def info_nce(
     query, positive = _normalize(query), _normalize(positive)
 
     def with_weak_negative(logits):
-        if weak_negative is None:
-            return logits
-        weak = _normalize(_embeddings("weak_negative", weak_negative))
-        _check_same_size("query", query, 0, "weak_negative", weak, 0, "batch size")
-        weak_logit = tf.cast(alpha, tf.float32) * tf.reduce_sum(query * weak, 1, keepdims=True)
-        return tf.concat([logits, weak_logit * inv_t], axis=1)
+        return _append_weak_logit(logits, query, weak_negative, alpha, inv_t, "weak_negative")
 
     if negatives is not None:
         if keys is not None:

@@ -40,6 +40,15 @@ class SimCLR(ContrastiveModel):
             the paper uses 0.5 on CIFAR-10).
         synchronized_bn: batch norm in the head over the global batch.
             Defaults to `True`.
+        weak_negatives: a Keras layer turning each batch of views into
+            weak-semantic negatives (Ge et al., 2021; an extension of the
+            paper, which used MoCo and BYOL), e.g.
+            `kcl.negatives.PatchNegatives()`, or `None`. Each query `z_i` of
+            view `v` then gets one more negative, the embedding `t_i =
+            norm(g(f(w_i)))` of its own weak negative (with gradient, like
+            every SimCLR negative), with the logit `alpha * z_i . t_i / t`
+            appended to its row of NT-Xent. Defaults to `None`.
+        alpha: weight of the weak negatives' logits. Defaults to `2.0`.
         num_classes: classes for the online linear probe; `None` for none.
             Defaults to `None`.
         **kwargs: `keras.Model` arguments.
@@ -66,6 +75,8 @@ class SimCLR(ContrastiveModel):
         projection_dim=128,
         temperature=0.1,
         synchronized_bn=True,
+        weak_negatives=None,
+        alpha=2.0,
         num_classes=None,
         **kwargs,
     ):
@@ -74,6 +85,7 @@ class SimCLR(ContrastiveModel):
                 f"`temperature` must be positive. Received: temperature={temperature}"
             )
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        self.attach_weak_negatives(weak_negatives, alpha)
         self.projection_hidden_dims = tuple(int(d) for d in projection_hidden_dims)
         self.projection_dim = int(projection_dim)
         self.temperature = float(temperature)
@@ -106,6 +118,15 @@ class SimCLR(ContrastiveModel):
         features = self.encoder(tf.concat(views, axis=0), training=training)
         z = tf.math.l2_normalize(tf.cast(self.projector(features, training=training), "float32"), -1)
         z1, z2 = z[:b], z[b:]
+        weak1 = weak2 = None
+        if self.weak_negatives is not None:
+            # Each view's weak negative, through the same encoder and head
+            # (with gradient, like every SimCLR negative), as a batch of its
+            # own so the views' batch statistics stay those of the views.
+            weak = tf.concat([self.weak_negatives(v, training=training) for v in views], 0)
+            t = self.projector(self.encoder(weak, training=training), training=training)
+            t = tf.math.l2_normalize(tf.cast(t, "float32"), -1)
+            weak1, weak2 = t[:b], t[b:]
         # Keys from every replica in replica order; this replica's rows start
         # at replica_id * b in the gathered [B, D] tensors.
         per_example = losses.nt_xent(
@@ -115,6 +136,9 @@ class SimCLR(ContrastiveModel):
             key2=distribute.all_gather(z2),
             temperature=self.temperature,
             offset=distribute.replica_id() * b,
+            weak1=weak1,
+            weak2=weak2,
+            alpha=self.alpha,
         )
         return {"loss": distribute.global_mean(per_example), "features": features[:b]}
 
@@ -125,5 +149,6 @@ class SimCLR(ContrastiveModel):
             projection_dim=self.projection_dim,
             temperature=self.temperature,
             synchronized_bn=self.synchronized_bn,
+            **self.weak_negatives_config(),
         )
         return config

@@ -140,3 +140,49 @@ def test_batch_not_divisible_by_replicas_is_refused():
         model.compile(optimizer=checks.sgd())
     with pytest.raises(ValueError, match="replicas"):
         model.fit(checks.random_images(9), batch_size=9, verbose=0)
+
+
+# ------------------------------------------------ weak-semantic negatives
+
+
+def build_weak(weak_negatives, alpha=2.0):
+    return kcl.methods.SimCLR(
+        checks.tiny_encoder(),
+        projection_hidden_dims=(32,),
+        projection_dim=16,
+        temperature=0.5,
+        weak_negatives=weak_negatives,
+        alpha=alpha,
+    )
+
+
+def test_weak_negative_adds_one_logit_per_query():
+    from tests.methods.test_moco import MirrorNegatives
+
+    model = build_weak(MirrorNegatives(), alpha=1.0)
+    views = [tf.constant(v) for v in checks.random_views(8)]
+    loss = model.compute_ssl_loss(views, training=False)["loss"].numpy()
+
+    def embed(x):
+        z = model.projector(model.encoder(x, training=False), training=False).numpy()
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    z = embed(tf.concat(views, 0))
+    t = embed(tf.concat([tf.reverse(v, axis=[2]) for v in views], 0))
+    sims = z @ z.T / 0.5
+    expected = []
+    for i in range(16):
+        # NT-Xent's row of query i (self excluded, positive at i +- 8), plus
+        # alpha * z_i . t_i / t with alpha = 1.
+        row = np.concatenate([np.delete(sims[i], i), [z[i] @ t[i] / 0.5]])
+        positive = sims[i, (i + 8) % 16]
+        expected.append(np.logaddexp.reduce(row) - positive)
+    np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+
+
+def test_distributed_step_with_patch_negatives_equals_single_device_step():
+    from kcl.negatives import PatchNegatives
+
+    checks.check_distributed_equivalence(
+        lambda: build_weak(PatchNegatives(seed=0)), views_batch()
+    )
