@@ -79,6 +79,15 @@ class NNCLR(ContrastiveModel):
         temperature: InfoNCE temperature `t`. Defaults to `0.1`.
         synchronized_bn: batch norm in the heads over the global batch.
             Defaults to `True`.
+        weak_negatives: a Keras layer turning each batch of views into
+            weak-semantic negatives (Ge et al., 2021; an extension, the paper
+            used MoCo and BYOL), e.g. `kcl.negatives.PatchNegatives()`, or
+            `None`. In the two `col` terms, where the prediction `p_i` of
+            view `v` is the query, `p_i` gets one more negative: the
+            normalised projection `t_i = norm(g(f(w_i)))` of its view's weak
+            negative, a constant like the neighbours, with the logit
+            `alpha * p_i . t_i / t`. Defaults to `None`.
+        alpha: weight of the weak negatives' logits. Defaults to `2.0`.
         num_classes: classes for the online linear probe and `nn_acc`;
             `None` for none. Defaults to `None`.
         **kwargs: `keras.Model` arguments.
@@ -109,6 +118,8 @@ class NNCLR(ContrastiveModel):
         queue_size=98304,
         temperature=0.1,
         synchronized_bn=True,
+        weak_negatives=None,
+        alpha=2.0,
         num_classes=None,
         **kwargs,
     ):
@@ -121,6 +132,7 @@ class NNCLR(ContrastiveModel):
                 f"`temperature` must be positive. Received: temperature={temperature!r}"
             )
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        self.attach_weak_negatives(weak_negatives, alpha)
         self.projection_hidden_dims = projection_hidden_dims
         self.projection_dim = projection_dim
         self.prediction_hidden_dims = prediction_hidden_dims
@@ -209,14 +221,19 @@ class NNCLR(ContrastiveModel):
                 keys=distribute.all_gather(predictions), offset=offset,
             )
 
-        def col(neighbors, predictions):
-            # Symmetric term: p_i picks its own neighbour among all B neighbours.
+        def col(neighbors, predictions, weak):
+            # Symmetric term: p_i picks its own neighbour among all B
+            # neighbours (and against its weak negative, when there is one).
             return losses.info_nce(
                 predictions, neighbors, temperature=t,
                 keys=distribute.all_gather(neighbors), offset=offset,
+                weak_negative=weak, alpha=self.alpha,
             )
 
-        per_example = (row(nn1, p2) + col(nn1, p2) + row(nn2, p1) + col(nn2, p1)) / 4.0
+        weak1, weak2 = self._weak_projections(views, training)
+        per_example = (
+            row(nn1, p2) + col(nn1, p2, weak2) + row(nn2, p1) + col(nn2, p1, weak1)
+        ) / 4.0
 
         if labels is not None:
             labels = tf.cast(tf.reshape(labels, [-1]), "int32")
@@ -230,6 +247,15 @@ class NNCLR(ContrastiveModel):
             "support_keys": tf.math.l2_normalize(tf.stop_gradient(z1), -1),
             "support_labels": labels,
         }
+
+    def _weak_projections(self, views, training):
+        """Normalised projections of each view's weak negatives, constants like the neighbours."""
+        if self.weak_negatives is None:
+            return None, None
+        weak = tf.concat([self.weak_negatives(v, training=training) for v in views], 0)
+        t = self.projector(self.encoder(weak, training=training), training=training)
+        t = tf.stop_gradient(tf.math.l2_normalize(tf.cast(t, "float32"), -1))
+        return tf.split(t, 2)
 
     def update_state_after_step(self, outputs):
         # Q <- the global batch's normalised view-1 projections, after the
@@ -245,5 +271,6 @@ class NNCLR(ContrastiveModel):
             queue_size=self.queue_size,
             temperature=self.temperature,
             synchronized_bn=self.synchronized_bn,
+            **self.weak_negatives_config(),
         )
         return config

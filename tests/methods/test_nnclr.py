@@ -271,3 +271,54 @@ def test_registered_for_keras_deserialization():
     assert config["registered_name"] == "kcl>NNCLR"
     assert isinstance(keras.saving.deserialize_keras_object(config), NNCLR)
     assert kcl.methods.get("NNCLR") is NNCLR
+
+
+# ------------------------------------------------ weak-semantic negatives
+
+
+def build_weak(weak_negatives, alpha=2.0):
+    return NNCLR(
+        checks.tiny_encoder(),
+        projection_hidden_dims=(32,),
+        projection_dim=16,
+        prediction_hidden_dims=(32,),
+        queue_size=8,
+        temperature=T,
+        weak_negatives=weak_negatives,
+        alpha=alpha,
+    )
+
+
+def info_nce_weak_np(query, keys, weak, alpha):
+    """info_nce_np with alpha * q_i . t_i / T appended to row i."""
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    k = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    w = weak / np.linalg.norm(weak, axis=1, keepdims=True)
+    logits = np.concatenate([q @ k.T, alpha * (q * w).sum(1, keepdims=True)], 1).astype("float64") / T
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.diag(log_softmax[:, : len(k)])
+
+
+def test_weak_negatives_join_the_terms_where_the_prediction_is_the_query():
+    from tests.methods.test_moco import MirrorNegatives
+
+    model = build_weak(MirrorNegatives(), alpha=1.5)
+    views = [tf.constant(v) for v in checks.random_views(8)]
+    z1, z2, p1, p2 = heads(model, views)
+    set_support(model, z1)  # NN(z1) = z1, NN(z2) looked up in z1
+    t1, t2, _, _ = heads(model, [tf.reverse(v, axis=[2]) for v in views])
+    nn2 = z1[np.argmax(z2 @ z1.T, axis=1)]
+    expected = (
+        info_nce_np(z1, p2) + info_nce_weak_np(p2, z1, t2, 1.5)
+        + info_nce_np(nn2, p1) + info_nce_weak_np(p1, nn2, t1, 1.5)
+    ).mean() / 4
+    loss = model.compute_ssl_loss(views, training=False)["loss"].numpy()
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_distributed_step_with_patch_negatives_equals_single_device_step():
+    from kcl.negatives import PatchNegatives
+
+    checks.check_distributed_equivalence(
+        lambda: build_weak(PatchNegatives(seed=0)), views_batch()
+    )
