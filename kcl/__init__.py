@@ -9,6 +9,7 @@ Public modules:
 - `kcl.methods`: SimCLR, MoCo v2, BYOL, SimSiam, NNCLR, SwAV, PIC, each a `keras.Model`.
 - `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
+- `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
 - `kcl.zoo`: `load(name_or_dir)`, `list()`, presets.
 """
 
@@ -27,5 +28,6 @@ from kcl import (
     negatives,  # noqa: F401
     optimizers,  # noqa: F401
     queues,  # noqa: F401
+    robustness,  # noqa: F401
     zoo,  # noqa: F401
 )

@@ -116,6 +116,66 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, **kwa
     return float(np.mean(predictions == np.asarray(test_labels).reshape(-1)))
 
 
+def fit_linear_probe(
+    train_features,
+    train_labels,
+    num_classes=None,
+    epochs=100,
+    batch_size=1024,
+    learning_rate=1e-3,
+    weight_decay=1e-4,
+    seed=0,
+):
+    """A linear classifier trained on frozen features; returns `predict(features) -> labels`.
+
+    Features are L2-normalised and standardised with the training mean and
+    standard deviation, then a softmax regression is trained with AdamW
+    (a fast stand-in for the papers' SGD protocol). The returned function
+    applies the same normalisation to new features, so one probe serves many
+    test sets (clean and corrupted, `kcl.robustness`).
+
+    `seed` seeds Keras' global random generators (initialisation and
+    shuffling), as `keras.utils.set_random_seed` does.
+
+    Args:
+        train_features: `[N, D]` features.
+        train_labels: `[N]` int labels.
+        num_classes: number of classes; defaults to `max(train_labels) + 1`.
+    """
+
+    def unit(f):
+        f = np.asarray(f, "float32")
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+    train_x = unit(train_features)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+
+    def normalise(f):
+        return (unit(f) - mean) / std
+
+    train_y = np.asarray(train_labels).astype("int64")
+    if num_classes is None:
+        num_classes = int(train_y.max() + 1)
+
+    keras.utils.set_random_seed(seed)
+    classifier = keras.Sequential(
+        [keras.Input((train_x.shape[1],)), keras.layers.Dense(num_classes)]
+    )
+    classifier.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    classifier.fit(
+        (train_x - mean) / std, train_y, epochs=epochs, batch_size=batch_size, verbose=0
+    )
+
+    def predict(features):
+        logits = classifier.predict(normalise(features), batch_size=4096, verbose=0)
+        return np.argmax(logits, axis=1)
+
+    return predict
+
+
 def linear_probe(
     train_features,
     train_labels,
@@ -127,42 +187,18 @@ def linear_probe(
     weight_decay=1e-4,
     seed=0,
 ):
-    """Accuracy of a linear classifier trained on frozen features.
-
-    Features are L2-normalised and standardised with the training mean and
-    standard deviation, then a softmax regression is trained with AdamW
-    (a fast stand-in for the papers' SGD protocol, which comes with
-    `kcl.eval.linear_eval` later).
-
-    `seed` seeds Keras' global random generators (initialisation and
-    shuffling), as `keras.utils.set_random_seed` does.
+    """Accuracy of a linear classifier trained on frozen features (`fit_linear_probe`).
 
     Returns:
         Test top-1 accuracy as a float.
     """
-
-    def normalise(f):
-        f = np.asarray(f, "float32")
-        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-    train_x, test_x = normalise(train_features), normalise(test_features)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    train_y = np.asarray(train_labels).astype("int64")
-    num_classes = int(max(train_y.max(), np.max(test_labels)) + 1)
-
-    keras.utils.set_random_seed(seed)
-    classifier = keras.Sequential(
-        [keras.Input((train_x.shape[1],)), keras.layers.Dense(num_classes)]
+    test_labels = np.asarray(test_labels)
+    num_classes = int(max(np.max(train_labels), test_labels.max()) + 1)
+    predict = fit_linear_probe(
+        train_features, train_labels, num_classes, epochs, batch_size, learning_rate,
+        weight_decay, seed,
     )
-    classifier.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    classifier.fit(train_x, train_y, epochs=epochs, batch_size=batch_size, verbose=0)
-    _, accuracy = classifier.evaluate(test_x, np.asarray(test_labels), verbose=0)
-    return float(accuracy)
+    return float(np.mean(predict(test_features) == test_labels))
 
 
 class KNNMonitor(keras.callbacks.Callback):
