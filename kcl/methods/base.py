@@ -26,6 +26,7 @@ float32 in [0, 1].
 """
 
 import copy
+import inspect
 import math
 import numbers
 
@@ -64,6 +65,21 @@ def check_widths(name, dims):
             f"`{name}` must be a sequence of positive integers. Received: {name}={dims!r}"
         )
     return tuple(int(d) for d in dims)
+
+
+def check_augment_overrides(factory, overrides):
+    """`ValueError` unless every key of `overrides` is an argument of the view factory.
+
+    `factory` is a `kcl.augment` pipeline function (`mocov2_views`,
+    `multicrop_views`, ...); `size` and `seed` are the method's to set.
+    """
+    accepted = set(inspect.signature(factory).parameters) - {"size", "seed"}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ValueError(
+            f"kcl.augment.{factory.__name__} takes no argument named "
+            f"{', '.join(unknown)}. Received: overrides={overrides}"
+        )
 
 
 def _unpack(data):
@@ -344,6 +360,12 @@ class ContrastiveModel(keras.Model):
             scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if not self.optimizer.built:
+            # Slots for every trainable variable before a method's
+            # apply_gradients reads them (SwAV holds its prototypes' slots),
+            # as Keras builds them under a strategy and when a saved model is
+            # loaded, so optimizer states always match.
+            self.optimizer.build(variables)
         self.apply_gradients(gradients, variables)
         # Order matters: EMA targets, queues and prototypes are updated from
         # the weights *after* the optimizer step, as in the papers.

@@ -1,13 +1,12 @@
 """MoCo v2: momentum contrast with a queue of negatives and an MLP head."""
 
-import inspect
 
 import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses, queues
 from kcl.heads import ProjectionHead
-from kcl.methods.base import ContrastiveModel
+from kcl.methods.base import ContrastiveModel, check_augment_overrides
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -161,13 +160,7 @@ class MoCoV2(ContrastiveModel):
         size (the blur is kept below 64 px too). `overrides` go to
         `kcl.augment.mocov2_views`.
         """
-        accepted = set(inspect.signature(augment.mocov2_views).parameters) - {"size", "seed"}
-        unknown = sorted(set(overrides) - accepted)
-        if unknown:
-            raise ValueError(
-                "kcl.augment.mocov2_views takes no argument named "
-                f"{', '.join(unknown)}. Received: overrides={overrides}"
-            )
+        check_augment_overrides(augment.mocov2_views, overrides)
         return augment.mocov2_views(size, seed=seed, **overrides)
 
     def _keys(self, view, training):

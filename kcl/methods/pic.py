@@ -1,6 +1,5 @@
 """PIC: parametric instance classification, with recent-instance sampling and lazy SGD."""
 
-import inspect
 import math
 import numbers
 
@@ -10,7 +9,12 @@ import tensorflow as tf
 
 from kcl import augment, distribute, optimizers
 from kcl.heads import ProjectionHead
-from kcl.methods.base import ContrastiveModel, check_positive_int, check_widths
+from kcl.methods.base import (
+    ContrastiveModel,
+    check_augment_overrides,
+    check_positive_int,
+    check_widths,
+)
 
 
 def _scatter(variable, rows, values):
@@ -580,16 +584,7 @@ class PIC(ContrastiveModel):
         `kcl.augment.multicrop_views` with `num_large=1, num_small=3`;
         `overrides` replace its arguments (e.g. `small_size`, `blur`).
         """
-        accepted = set(inspect.signature(augment.multicrop_views).parameters) - {
-            "size",
-            "seed",
-        }
-        unknown = sorted(set(overrides) - accepted)
-        if unknown:
-            raise ValueError(
-                "kcl.augment.multicrop_views takes no argument named "
-                f"{', '.join(unknown)}. Received: overrides={overrides}"
-            )
+        check_augment_overrides(augment.multicrop_views, overrides)
         arguments = {
             "small_size": max(1, int(size) * 96 // 160),
             "num_large": 1,
@@ -674,11 +669,6 @@ class PIC(ContrastiveModel):
         learning_rate = tf.cast(
             tf.convert_to_tensor(self.optimizer.learning_rate), "float32"
         )
-        if not self.optimizer.built:
-            # Slots for every trainable variable, as Keras builds them under a
-            # strategy and when a saved model is loaded, so that optimizer
-            # states always match (the slot of `sampled_weights` stays unused).
-            self.optimizer.build(variables)
         sampled = self.instances.sampled_weights
         instance_gradient, others = None, []
         for gradient, variable in zip(gradients, variables):

@@ -1,6 +1,5 @@
 """SwAV: online clustering with swapped assignments between multi-crop views."""
 
-import inspect
 import numbers
 
 import keras
@@ -8,7 +7,12 @@ import tensorflow as tf
 
 from kcl import augment, distribute, losses
 from kcl.heads import ProjectionHead, Prototypes
-from kcl.methods.base import ContrastiveModel, check_positive_int, check_widths
+from kcl.methods.base import (
+    ContrastiveModel,
+    check_augment_overrides,
+    check_positive_int,
+    check_widths,
+)
 from kcl.queues import FeatureQueue
 
 
@@ -199,13 +203,7 @@ class SwAV(ContrastiveModel):
         every size. `overrides` go to `kcl.augment.multicrop_views`
         (`small_size`, `num_large`, `num_small`, `large_scale`, ...).
         """
-        accepted = set(inspect.signature(augment.multicrop_views).parameters) - {"size", "seed"}
-        unknown = sorted(set(overrides) - accepted)
-        if unknown:
-            raise ValueError(
-                "kcl.augment.multicrop_views takes no argument named "
-                f"{', '.join(unknown)}. Received: overrides={overrides}"
-            )
+        check_augment_overrides(augment.multicrop_views, overrides)
         overrides.setdefault("small_size", max(int(size) * 96 // 224, 1))
         return augment.multicrop_views(size, seed=seed, **overrides)
 
@@ -286,8 +284,6 @@ class SwAV(ContrastiveModel):
     def apply_gradients(self, gradients, variables):
         if not self.freeze_prototypes_steps:
             return super().apply_gradients(gradients, variables)
-        if not self.optimizer.built:
-            self.optimizer.build(variables)
         kernel = self.prototypes.kernel
         frozen = self.step < self.freeze_prototypes_steps
         # Zero the gradient (so it adds nothing to a global norm for
