@@ -5,6 +5,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 
 def peak_rss_mib():
@@ -38,3 +39,23 @@ def report(results, json_path=None, table=None):
             json.dump(results, f, indent=1)
     if table is not None:
         print(table(results))
+
+
+def timed_fit(model, dataset, steps):
+    """Fits `model` for `steps` steps of `dataset`; returns each step's seconds (NumPy).
+
+    Step `i` is timed from the end of step `i - 1` (the first from the call),
+    so the first entries hold tracing; callers drop their warm-up steps.
+    """
+    import keras
+    import numpy as np
+
+    times = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            times.append(time.perf_counter())
+
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[Clock()], verbose=0)
+    return np.diff([start] + times)

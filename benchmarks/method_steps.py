@@ -30,10 +30,9 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_average, peak_rss_mib, report, run_child  # noqa: E402
+from common import load_average, peak_rss_mib, report, run_child, timed_fit  # noqa: E402
 
 
 def run_card(args):
@@ -61,22 +60,9 @@ def run_card(args):
     model.augmenter = None  # the dataset yields the views
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
 
-    times = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_batch_end(self, step, logs=None):
-            times.append(time.perf_counter())
-
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    start = time.perf_counter()
-    model.fit(
-        dataset,
-        epochs=1,
-        steps_per_epoch=args.warmup + args.steps,
-        callbacks=[Clock()],
-        verbose=0,
-    )
-    steps = np.diff([start] + times)[args.warmup :]
+    all_steps = timed_fit(model, dataset, args.warmup + args.steps)
+    steps = all_steps[args.warmup :]
     print(
         json.dumps(
             {
@@ -88,7 +74,7 @@ def run_card(args):
                 "images_per_s": args.batch_size / float(np.mean(steps)),
                 "ms_per_step": 1000 * float(np.mean(steps)),
                 "median_ms": 1000 * float(np.median(steps)),
-                "first_step_s": float(np.diff([start] + times)[0]),
+                "first_step_s": float(all_steps[0]),
                 "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
                 "peak_rss_mib": peak_rss_mib(),
             }

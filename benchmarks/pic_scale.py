@@ -30,10 +30,9 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_average, peak_rss_mib, report, run_child  # noqa: E402
+from common import load_average, peak_rss_mib, report, run_child, timed_fit  # noqa: E402
 
 
 def run_one(args):
@@ -65,15 +64,7 @@ def run_one(args):
             "index": tf.TensorSpec([args.batch_size], tf.int64),
         },
     )
-    times = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_batch_end(self, step, logs=None):
-            times.append(time.perf_counter())
-
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=total, callbacks=[Clock()], verbose=0)
-    steps = np.diff([start] + times)[args.warmup :]
+    steps = timed_fit(model, dataset, total)[args.warmup :]
     # What grows with N: the instance weights, momenta and bookkeeping.
     state = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.instances.weights)
     print(
