@@ -30,7 +30,7 @@ demo: $(STAMP) data
 		--backbone resnet18_cifar --width 0.25 --epochs 2 --batch-size 256 \
 		--out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

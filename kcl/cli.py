@@ -128,6 +128,34 @@ def build_parser():
         "crop_scale=[0.2,1.0] (repeatable; values parsed as JSON).",
     )
     pretrain.add_argument(
+        "--weak-negatives",
+        choices=("patch", "texture"),
+        default=None,
+        help="weak-semantic negatives of Ge et al. (MoCo v2, BYOL, SimCLR, NNCLR): "
+        "'patch' (kcl.negatives.PatchNegatives, made on the fly) or 'texture' "
+        "(kcl.negatives.TextureNegatives, read from --textures). Default: none.",
+    )
+    pretrain.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="weight of the weak negative's logit. Default: the method's (2.0).",
+    )
+    pretrain.add_argument(
+        "--textures",
+        default=None,
+        help="folder of one texture per training image, from `kcl build-textures "
+        "--split train` with the same --data and limits; for --weak-negatives texture.",
+    )
+    pretrain.add_argument(
+        "--recipe",
+        default=None,
+        metavar="FILE[:smoke]",
+        help="a recipe file from recipes/ whose get_config(smoke) gives the "
+        "defaults of these flags; ':smoke' takes its seconds-long CI variant. "
+        "Flags given on the command line override the recipe.",
+    )
+    pretrain.add_argument(
         "--window",
         type=int,
         default=None,
@@ -171,6 +199,23 @@ def build_parser():
     _add_data_flags(evaluate)
     evaluate.add_argument("--no-linear", action="store_true", help="skip the linear probe.")
     evaluate.add_argument("--json", default=None, help="also write the results to this JSON file.")
+    evaluate.add_argument(
+        "--robustness",
+        default=None,
+        metavar="DIR",
+        help="also run the corruption suite (kcl.robustness: 10 corruptions x 5 "
+        "severities of the test split, kNN-200 with the training set as bank, "
+        "raw pixels as the mCE baseline) and write DIR/robustness.json, "
+        "DIR/robustness.png and DIR/similarity.png (Ge et al.'s cosine-similarity "
+        "histograms of positive, negative, patch and texture pairs).",
+    )
+    evaluate.add_argument(
+        "--textures",
+        default=None,
+        help="with --robustness: a folder of test-split textures (`kcl build-textures "
+        "--split test`) for the texture pairs of similarity.png.",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="corruption and patch seed. Default: 0.")
 
     export = commands.add_parser(
         "export",
@@ -217,7 +262,102 @@ def build_parser():
     return parser
 
 
+# ----------------------------------------------------------------- recipes
+def load_recipe(spec):
+    """`get_config(smoke)` of a recipe file, `"path.py"` or `"path.py:smoke"`.
+
+    A recipe is a Python file of recipes/ (it runs as code: load only recipes
+    you trust) whose `get_config(smoke=False)` returns a dict of `kcl
+    pretrain` settings named like the flags' destinations (`batch_size`,
+    `set` and `augment` as dicts).
+    """
+    path, _, variant = spec.partition(":")
+    if variant not in ("", "smoke"):
+        raise ValueError(f"A recipe variant must be ':smoke' or none. Received: --recipe={spec}")
+    if not os.path.isfile(path):
+        raise ValueError(f"No such recipe file. Received: --recipe={spec}")
+    module_spec = importlib.util.spec_from_file_location("kcl_recipe", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        config = module.get_config(smoke=variant == "smoke")
+    except Exception as error:  # noqa: BLE001  any fault of the file is the user's to fix
+        raise ValueError(
+            f"The recipe failed ({type(error).__name__}: {error}). Received: --recipe={spec}"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"A recipe's get_config must return a dict. Received: {type(config).__name__} from --recipe={spec}"
+        )
+    return config
+
+
+def _recipe_defaults(command_parser, spec):
+    """The recipe's settings as parser defaults, checked against the flags."""
+    config = dict(load_recipe(spec))
+    known = {action.dest for action in command_parser._actions} - {"help", "recipe"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(
+            f"The recipe sets {', '.join(unknown)}, which `kcl pretrain` has no flag for. "
+            f"Received: --recipe={spec}"
+        )
+    for name in ("set", "augment"):
+        if name in config:
+            # --set and --augment collect (name, value) pairs.
+            config[name] = list(dict(config[name]).items())
+    command_parser.set_defaults(**config)
+
+
+def parse_args(argv=None):
+    """Parsed `kcl` arguments; a `--recipe` supplies the defaults of `pretrain`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "recipe", None):
+        commands = next(a for a in parser._actions if a.dest == "command")
+        _recipe_defaults(commands.choices["pretrain"], args.recipe)
+        args = parser.parse_args(argv)
+    return args
+
+
 # ----------------------------------------------------------------- helpers
+def _weak_negatives(args, method_cls, train_size):
+    """The `weak_negatives=` and `alpha=` method arguments the flags ask for."""
+    from kcl import negatives
+
+    if args.weak_negatives is None:
+        for flag in ("alpha", "textures"):
+            if getattr(args, flag) is not None:
+                raise ValueError(
+                    f"--{flag} goes with --weak-negatives. Received: --{flag}={getattr(args, flag)}"
+                )
+        return {}, None
+    if "weak_negatives" not in inspect.signature(method_cls).parameters:
+        raise ValueError(
+            f"{method_cls.__name__} takes no weak negatives (MoCo v2, BYOL, SimCLR and "
+            f"NNCLR do). Received: --method={args.method}"
+        )
+    settings = {} if args.alpha is None else {"alpha": args.alpha}
+    if args.weak_negatives == "patch":
+        if args.textures is not None:
+            raise ValueError(
+                "--textures goes with --weak-negatives texture. "
+                f"Received: --weak-negatives patch, --textures={args.textures}"
+            )
+        return dict(settings, weak_negatives=negatives.PatchNegatives(seed=args.seed)), None
+    if args.textures is None:
+        raise ValueError(
+            "--weak-negatives texture reads a texture per training image; build "
+            "them with `kcl build-textures --split train --out DIR` and pass "
+            "--textures DIR. Received: --textures=None"
+        )
+    try:
+        textures = negatives.load_texture_folder(args.textures, train_size)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"--textures: {error}") from None
+    return dict(settings, weak_negatives=negatives.TextureNegatives()), textures
+
+
 def _load_split(args, split):
     from kcl import data
 
@@ -412,6 +552,13 @@ def cmd_pretrain(args):
     if "steps_per_epoch" in parameters:
         # Epoch-based settings inside the method (SwAV's queue start).
         method_args.setdefault("steps_per_epoch", steps_per_epoch)
+    weak_args, textures = _weak_negatives(args, method_cls, len(x_train))
+    if textures is not None and scheduler is not None:
+        raise ValueError(
+            "Texture negatives are not supported with PIC's sliding window. "
+            f"Received: --method={args.method}"
+        )
+    method_args.update(weak_args)
     try:
         model = method_cls(
             encoder,
@@ -428,7 +575,7 @@ def cmd_pretrain(args):
     probe_labels = None if args.no_probe else y_train
     if scheduler is None:
         dataset = kcl.data.pretrain_dataset(
-            x_train, probe_labels, batch_size=args.batch_size, seed=args.seed
+            x_train, probe_labels, batch_size=args.batch_size, seed=args.seed, textures=textures
         )
     else:
         dataset = kcl.data.sliding_window_dataset(
@@ -450,6 +597,7 @@ def cmd_pretrain(args):
     print(
         f"kcl: {method_cls.__name__} on {args.data} ({len(x_train)} images, {size}x{size}x{channels}), "
         f"{args.backbone} x{args.width:g}, batch {args.batch_size}, {args.epochs} epochs"
+        + ("" if args.weak_negatives is None else f", {args.weak_negatives} negatives")
         + ("" if scheduler is None else f" ({epochs} windows of {scheduler.window_size}, stride {scheduler.stride})"),
         flush=True,
     )
@@ -482,6 +630,8 @@ def cmd_pretrain(args):
         "width": args.width,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "weak_negatives": args.weak_negatives,
+        "recipe": args.recipe,
         "train_seconds": round(train_seconds, 1),
         "knn": table,
     }
@@ -535,9 +685,68 @@ def cmd_eval(args):
         }
     _print_table(table, linear)
     results = {"knn": table, "linear_probe": linear}
+    if args.robustness:
+        results["robustness"] = _robustness(args, model, train, test)
+    elif args.textures:
+        raise ValueError(f"--textures goes with --robustness. Received: --textures={args.textures}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    return results
+
+
+def _robustness(args, model, train, test):
+    """The corruption suite and the similarity figure of `kcl eval --robustness`."""
+    from kcl import eval as kcl_eval
+    from kcl import negatives, robustness
+
+    textures = None
+    if args.textures:
+        try:
+            textures = negatives.load_texture_folder(args.textures, len(test[0]))
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"--textures: {error}") from None
+    _check_output_dir(args.robustness, "--robustness")
+    print("kcl: corruption suite, raw pixels (the baseline) ...", flush=True)
+    pixels = robustness.robustness_report(kcl_eval.pixels, train, test, seed=args.seed)
+    print("kcl: corruption suite, encoder ...", flush=True)
+    report = robustness.robustness_report(
+        lambda x: kcl_eval.embed(model, x), train, test, seed=args.seed, baseline=pixels
+    )
+    summary = {
+        "clean_accuracy": report["clean_accuracy"],
+        "mean_corruption_accuracy": report["mean_corruption_accuracy"],
+        "mean_corruption_error": report["mean_corruption_error"],
+        "raw_pixels": {
+            "clean_accuracy": pixels["clean_accuracy"],
+            "mean_corruption_accuracy": pixels["mean_corruption_accuracy"],
+        },
+    }
+    print(
+        f"kcl: kNN-200 clean {report['clean_accuracy'] * 100:.2f}%, mean corruption accuracy "
+        f"{report['mean_corruption_accuracy'] * 100:.2f}% (raw pixels "
+        f"{pixels['clean_accuracy'] * 100:.2f}% / {pixels['mean_corruption_accuracy'] * 100:.2f}%), "
+        f"mCE vs raw pixels {report['mean_corruption_error']:.3f}"
+    )
+    results = {"summary": summary, "encoder": report, "raw_pixels": pixels}
+    with open(os.path.join(args.robustness, "robustness.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    try:
+        robustness.plot_robustness(
+            report, os.path.join(args.robustness, "robustness.png"), baseline=pixels,
+            title=os.path.basename(os.path.dirname(os.path.abspath(args.model))),
+        )
+        if hasattr(getattr(model, "augmenter", None), "pipelines"):
+            pairs = robustness.similarity_pairs(model, test[0], textures=textures, seed=args.seed)
+            results["similarity"] = robustness.similarity_histograms(
+                pairs, os.path.join(args.robustness, "similarity.png"),
+                title="cosine similarity of encoder features",
+            )
+            with open(os.path.join(args.robustness, "robustness.json"), "w") as f:
+                json.dump(results, f, indent=1)
+    except ImportError as error:
+        print(f"kcl: no plots ({error})")
+    print(f"kcl: robustness report in {args.robustness}")
     return results
 
 
@@ -573,7 +782,11 @@ def cmd_build_textures(args):
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as error:  # a recipe that does not load or fit the flags
+        print(f"kcl pretrain: error: {error}", file=sys.stderr)
+        return 2
     command = {
         "pretrain": cmd_pretrain,
         "eval": cmd_eval,

@@ -255,11 +255,22 @@ def to_numpy(dataset, limit=None):
     return np.stack(images), np.asarray(labels, dtype="int64")
 
 
-def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0):
+def _check_aligned(name, values, count):
+    """`ValueError` unless `values` (labels, textures) is None or has one entry per image."""
+    if values is not None and len(values) != count:
+        raise ValueError(
+            f"There must be one {name[:-1]} per image ({count}). "
+            f"Received: len({name})={len(values)}"
+        )
+
+
+def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0, textures=None):
     """A batched, shuffled, prefetched `tf.data.Dataset` for `fit`.
 
     Drops the last incomplete batch so every step has the same static shape
-    (the queue and Sinkhorn arithmetic of later methods need it).
+    (the queue and Sinkhorn arithmetic of later methods need it). Batches are
+    `images`, `(images, labels)`, or with `textures` the dict
+    `{"images", "textures"[, "label"]}`, each texture shuffled with its image.
 
     Args:
         images: uint8 array `[N, H, W, C]`.
@@ -267,6 +278,14 @@ def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0):
         batch_size: global batch size. Defaults to `256`.
         shuffle: reshuffle each epoch. Defaults to `True`.
         seed: shuffle seed. Defaults to `0`.
+        textures: uint8 array `[N, H', W', C]`, texture `i` of image `i`
+            (`kcl.negatives.load_texture_folder`), for
+            `kcl.negatives.TextureNegatives`; or `None`. Defaults to `None`.
+
+    Example:
+
+    >>> ds = kcl.data.pretrain_dataset(x_train, y_train, batch_size=256)
+    >>> model.fit(ds, epochs=10)
     """
     import tensorflow as tf
 
@@ -275,7 +294,14 @@ def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0):
             f"The dataset has {len(images)} images, fewer than one batch; lower "
             f"batch_size or add data. Received: batch_size={batch_size}"
         )
-    elements = images if labels is None else (images, labels)
+    _check_aligned("textures", textures, len(images))
+    _check_aligned("labels", labels, len(images))
+    if textures is not None:
+        elements = {"images": images, "textures": textures}
+        if labels is not None:
+            elements["label"] = labels
+    else:
+        elements = images if labels is None else (images, labels)
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
@@ -298,24 +324,57 @@ def _first_batch(x, y, batch_size):
             batch = batch[0]
         if isinstance(batch, dict):
             images, views, labels = batch.get("images"), batch.get("views"), batch.get("label")
+            textures = batch.get("textures")
         elif isinstance(batch, tuple):
-            images, views, labels = batch[0], None, batch[1]
+            images, views, labels, textures = batch[0], None, batch[1], None
         else:
-            images, views, labels = batch, None, None
+            images, views, labels, textures = batch, None, None, None
         first = images if images is not None else (views[0] if views is not None and len(views) else None)
-        return images, views, labels, None if first is None else len(first)
+        return images, views, labels, textures, None if first is None else len(first)
     if isinstance(x, dict):
         images, views, labels = x.get("images"), x.get("views"), x.get("label")
+        textures = x.get("textures")
     else:
-        images, views, labels = x, None, y
+        images, views, labels, textures = x, None, y, None
     arrays = [a for a in [images] + list(views if views is not None else []) if a is not None]
     if not arrays:
-        return None, None, labels, None
+        return None, None, labels, textures, None
     n = len(arrays[0])
     if n == 0:
         raise ValueError("The dataset is empty. Received: x with 0 images")
+    _check_aligned("textures", textures, n)
     size = min(n, batch_size or 32)
-    return images, views, labels, size
+    return images, views, labels, textures, size
+
+
+def _check_raw_images(images, channels, name):
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(
+            f"{name.capitalize()} must be a batch of shape [N, H, W, C] (add a channel axis "
+            f"to grey images: x[..., None]). Received: {name}.shape={images.shape}"
+        )
+    if channels is not None and images.shape[-1] != channels:
+        raise ValueError(
+            f"The encoder takes {channels}-channel images. "
+            f"Received: {name}.shape={images.shape}"
+        )
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.number):
+            raise ValueError(
+                f"{name.capitalize()} must be numeric. Received: {name}.dtype={images.dtype}"
+            )
+        low, high = float(np.min(images)), float(np.max(images))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(
+                f"{name.capitalize()} contain NaN or Inf. Received: {name} with non-finite values"
+            )
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Raw {name} must be uint8 or float in [0, 255] (kcl scales "
+                f"them to [0, 1] itself). Received: {name} with values in "
+                f"[{low:g}, {high:g}]"
+            )
 
 
 def check_fit_inputs(x, y=None, batch_size=None, channels=None, num_classes=None, num_replicas=1):
@@ -328,35 +387,10 @@ def check_fit_inputs(x, y=None, batch_size=None, channels=None, num_classes=None
 
     if not isinstance(x, (np.ndarray, dict, tf.data.Dataset)):
         return
-    images, views, labels, size = _first_batch(x, y, batch_size)
-    if images is not None:
-        images = np.asarray(images)
-        if images.ndim != 4:
-            raise ValueError(
-                "Images must be a batch of shape [N, H, W, C] (add a channel axis "
-                f"to grey images: x[..., None]). Received: images.shape={images.shape}"
-            )
-        if channels is not None and images.shape[-1] != channels:
-            raise ValueError(
-                f"The encoder takes {channels}-channel images. "
-                f"Received: images.shape={images.shape}"
-            )
-        if images.dtype != np.uint8:
-            if not np.issubdtype(images.dtype, np.number):
-                raise ValueError(
-                    f"Images must be numeric. Received: images.dtype={images.dtype}"
-                )
-            low, high = float(np.min(images)), float(np.max(images))
-            if not (np.isfinite(low) and np.isfinite(high)):
-                raise ValueError(
-                    "Images contain NaN or Inf. Received: images with non-finite values"
-                )
-            if low < 0 or high > 255:
-                raise ValueError(
-                    "Raw images must be uint8 or float in [0, 255] (kcl scales "
-                    "them to [0, 1] itself). Received: images with values in "
-                    f"[{low:g}, {high:g}]"
-                )
+    images, views, labels, textures, size = _first_batch(x, y, batch_size)
+    for name, raw in (("images", images), ("textures", textures)):
+        if raw is not None:
+            _check_raw_images(raw, channels, name)
     for i, view in enumerate(views if views is not None else []):
         view = np.asarray(view)
         if view.ndim != 4:
@@ -561,11 +595,7 @@ def sliding_window_dataset(images, scheduler, batch_size, epochs, initial_epoch=
             f"The scheduler has num_instances={scheduler.num_instances} but there are "
             f"{len(images)} images. Received: len(images)={len(images)}"
         )
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(
-            f"There must be one label per image ({len(images)}). "
-            f"Received: len(labels)={len(labels)}"
-        )
+    _check_aligned("labels", labels, len(images))
     batch_size = _check_int("batch_size", batch_size, 1, scheduler.window_size, "window")
     initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
     epochs = _check_int("epochs", epochs, initial_epoch + 1)

@@ -221,12 +221,13 @@ class PatchNegatives(augment._RandomLayer):
 class TextureNegatives(keras.layers.Layer):
     """Gives a batch of texture images the query's augmentation.
 
-    The textures come from the dataset, aligned with the images (e.g. batches
-    `{"images": x, "textures": t, "index": i}` with `t` read by
-    `load_texture_folder`), raw like the images (`uint8` or float in
-    `[0, 255]`). This layer only applies a view pipeline to them, so a
-    texture negative is augmented like the query it is compared with (with
-    its own random draws).
+    The textures come from the dataset, aligned with the images: batches
+    `{"images": x, "textures": t}` with `t` read by `load_texture_folder`
+    (`kcl.data.pretrain_dataset(x, textures=t)` makes them), raw like the
+    images (`uint8` or float in `[0, 255]`). This layer only applies a view
+    pipeline to them, so a texture negative is augmented like the query it is
+    compared with (with its own random draws). A method holding it as
+    `weak_negatives=` passes it the batch's textures instead of the views.
 
     Two ways to give the pipeline:
 
@@ -250,9 +251,20 @@ class TextureNegatives(keras.layers.Layer):
     >>> negatives(tf.zeros((8, 40, 40, 3), "uint8")).shape
     TensorShape([8, 32, 32, 3])
 
+    In a method, with the textures of `kcl build-textures`:
+
+    >>> textures = kcl.negatives.load_texture_folder("textures/train", len(x))
+    >>> model = kcl.methods.MoCoV2(encoder, augmenter=MoCoV2.default_augmenter(28),
+    ...                            weak_negatives=TextureNegatives(), alpha=2.0)
+    >>> model.fit(kcl.data.pretrain_dataset(x, textures=textures), epochs=200)
+
     References:
         - [Ge et al., 2021](https://arxiv.org/abs/2110.14189)
     """
+
+    # A method gives this layer the batch's "textures", not the query views
+    # (`ContrastiveModel.weak_negative_views`).
+    reads_textures = True
 
     def __init__(self, pipeline=None, **kwargs):
         kwargs.setdefault("autocast", False)
@@ -739,8 +751,8 @@ def load_texture_folder(out_dir, n):
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {n} textures are missing in {out_dir} (first: "
-            f"{os.path.basename(missing[0])}); build them with `python -m "
-            f"kcl.negatives build-textures --out {out_dir}` (it resumes). "
+            f"{os.path.basename(missing[0])}); build them with `kcl "
+            f"build-textures --out {out_dir}` (it resumes). "
             f"Received: n={n}"
         )
     textures = []

@@ -862,3 +862,90 @@ def similarity_histograms(pairs, path, bins=50, title=None):
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return stats
+
+
+def similarity_pairs(model, images, textures=None, seed=0, batch_size=256):
+    """The feature pairs of Ge et al.'s similarity figure for a trained method.
+
+    For each image `x_i`: two views `v1, v2` from the model's augmenter (its
+    first two), and the encoder features `f` of views (L2-normalised by
+    `similarity_histograms` through the cosine). Pairs, row by row:
+
+    - `"positive"`: `(f(v1_i), f(v2_i))`, two views of one image;
+    - `"negative"`: `(f(v1_i), f(v2_j))`, `j = i + 1 mod N`, another image;
+    - `"patch"`: `(f(v1_i), f(p_i))`, `p_i = PatchNegatives(v1_i)`;
+    - `"texture"` (with `textures`): `(f(v1_i), f(t_i))`, `t_i` texture `i`
+      augmented by the query pipeline.
+
+    An encoder that leans on texture and local patches puts the patch and
+    texture pairs near the positives; one that sees shape puts them near the
+    negatives.
+
+    Args:
+        model: a kcl method with an augmenter (the views come from it).
+        images: uint8 `[N, H, W, C]`.
+        textures: uint8 `[N, H', W', C]` aligned with `images`
+            (`kcl.negatives.load_texture_folder`), or `None`. Defaults to
+            `None`.
+        seed: seed of the patch negatives. The views come from a copy of
+            the augmenter started from its configured seeds, so the model's
+            own streams are left untouched. Defaults to `0`.
+        batch_size: images per forward pass. Defaults to `256`.
+
+    Returns:
+        A dict name -> `(a, b)` of float32 `[N, F]` arrays, the input of
+        `similarity_histograms`.
+
+    Example:
+
+    >>> pairs = kcl.robustness.similarity_pairs(model, x_test[:2000])
+    >>> kcl.robustness.similarity_histograms(pairs, "similarity.png")
+    """
+    import tensorflow as tf
+
+    from kcl import negatives
+
+    augmenter = getattr(model, "augmenter", None)
+    if augmenter is None or not hasattr(augmenter, "pipelines"):
+        raise ValueError(
+            "similarity_pairs needs a model whose augmenter makes views (a kcl "
+            f"method trained on raw images). Received: augmenter={augmenter!r}"
+        )
+    images = _check_images(images)
+    if textures is not None and len(textures) != len(images):
+        raise ValueError(
+            f"One texture per image is needed ({len(images)}). "
+            f"Received: len(textures)={len(textures)}"
+        )
+    # A fresh copy of the augmenter, from its configured seeds, so that
+    # evaluating never advances the model's own random streams and two
+    # models trained with one seed are shown the same views.
+    config = keras.saving.serialize_keras_object(augmenter)
+    views = keras.saving.deserialize_keras_object(config)
+    # The textures get a copy of their own, so the views do not depend on
+    # whether textures are given.
+    texture_views = keras.saving.deserialize_keras_object(config).pipelines[0]
+    patches = negatives.PatchNegatives(seed=seed)
+    encoder = model.encoder
+    out = {"positive": ([], []), "negative": ([], []), "patch": ([], [])}
+    if textures is not None:
+        out["texture"] = ([], [])
+    for start in range(0, len(images), batch_size):
+        batch = tf.constant(images[start : start + batch_size])
+        v1, v2 = views(batch, training=True)[:2]
+        f1 = encoder(v1, training=False).numpy()
+        f2 = encoder(v2, training=False).numpy()
+        fp = encoder(patches(v1), training=False).numpy()
+        for name, (a, b) in (("positive", (f1, f2)), ("patch", (f1, fp))):
+            out[name][0].append(a)
+            out[name][1].append(b)
+        out["negative"][0].append(f1)
+        out["negative"][1].append(f2)  # rolled below, over the whole set
+        if textures is not None:
+            t = texture_views(tf.constant(textures[start : start + batch_size]))
+            out["texture"][0].append(f1)
+            out["texture"][1].append(encoder(t, training=False).numpy())
+    pairs = {name: (np.concatenate(a), np.concatenate(b)) for name, (a, b) in out.items()}
+    a, b = pairs["negative"]
+    pairs["negative"] = (a, np.roll(b, -1, axis=0))
+    return pairs

@@ -274,3 +274,143 @@ def test_pic_trains_on_the_sliding_window_scheduler(folder, tmp_path, capsys):
 def test_bad_scheduler_flags(folder, tmp_path, capsys, extra, needles):
     code, _, err = run(folder_argv(folder, tmp_path, *extra), capsys)
     assert_one_line_error(code, err, *needles)
+
+
+# ------------------------------------------------------- weak negatives
+def test_pretrain_with_texture_negatives_built_by_the_cli(folder, tmp_path, capsys):
+    textures = str(tmp_path / "textures")
+    code, _, err = run(
+        ["build-textures", "--data", folder, "--image-size", "16", "--channels", "1",
+         "--split", "train", "--out", textures],
+        capsys,
+    )
+    assert code == 0, err
+    argv = folder_argv(
+        folder, tmp_path, "--method", "mocov2", "--channels", "1", "--weak-negatives", "texture",
+        "--textures", textures, "--alpha", "3", "--set", "queue_size=32",
+        "--set", "projection_hidden_dims=[16]", "--knn-every", "0", "--no-export", "--quiet",
+    )
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "texture negatives" in stdout
+    with open(tmp_path / "out" / "metrics.json") as f:
+        assert json.load(f)["weak_negatives"] == "texture"
+    model = keras.models.load_model(str(tmp_path / "out" / "model.keras"))
+    assert type(model.weak_negatives).__name__ == "TextureNegatives" and model.alpha == 3.0
+
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--alpha", "2"], ["--alpha", "--weak-negatives"]),
+        (["--textures", "somewhere"], ["--textures", "--weak-negatives"]),
+        (["--method", "swav", "--weak-negatives", "patch"], ["SwAV", "--method=swav"]),
+        (["--method", "mocov2", "--weak-negatives", "texture"], ["kcl build-textures", "--textures=None"]),
+        (["--method", "mocov2", "--weak-negatives", "texture", "--textures", "nowhere"],
+         ["--textures", "nowhere"]),
+        (["--method", "mocov2", "--weak-negatives", "patch", "--textures", "x"], ["--textures=x"]),
+    ],
+)
+def test_bad_weak_negative_flags(folder, tmp_path, capsys, extra, needles):
+    code, _, err = run(folder_argv(folder, tmp_path, "--channels", "1", *extra), capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+# ---------------------------------------------------------------- recipes
+RECIPES = sorted(
+    os.path.join(cli_root, "recipes", name)
+    for cli_root in [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    for name in os.listdir(os.path.join(cli_root, "recipes"))
+    if name.endswith(".py")
+)
+
+
+def write_recipe(tmp_path, body):
+    path = tmp_path / "recipe.py"
+    path.write_text(body)
+    return str(path)
+
+
+def test_recipe_settings_become_defaults_and_flags_override_them(tmp_path):
+    recipe = write_recipe(
+        tmp_path,
+        "def get_config(smoke=False):\n"
+        "    return {'method': 'byol', 'epochs': 1 if smoke else 300, 'batch_size': 64,\n"
+        "            'set': {'temperature': 0.3}, 'augment': {'crop_scale': [0.2, 1.0]}}\n",
+    )
+    args = cli.parse_args(["pretrain", "--recipe", recipe])
+    assert (args.method, args.epochs, args.batch_size) == ("byol", 300, 64)
+    assert args.set == [("temperature", 0.3)] and args.augment == [("crop_scale", [0.2, 1.0])]
+    args = cli.parse_args(["pretrain", "--recipe", recipe + ":smoke", "--batch-size", "32"])
+    assert (args.epochs, args.batch_size) == (1, 32)
+
+
+@pytest.mark.parametrize(
+    "body, suffix, needles",
+    [
+        (None, "", ["No such recipe", "--recipe="]),
+        ("def get_config(smoke=False):\n    return {}\n", ":fast", [":smoke", "--recipe="]),
+        ("def get_config(smoke=False):\n    return {'epoch': 3}\n", "", ["epoch", "no flag"]),
+        ("def get_config(smoke=False):\n    return [1]\n", "", ["return a dict", "list"]),
+        ("def get_config(smoke=False)\n    return {}\n", "", ["SyntaxError", "--recipe="]),
+        ("x = 1\n", "", ["AttributeError", "get_config"]),
+        ("def get_config(smoke=False):\n    raise KeyError('lr')\n", "", ["KeyError", "lr"]),
+    ],
+)
+def test_bad_recipes_give_one_line_errors(tmp_path, capsys, body, suffix, needles):
+    recipe = str(tmp_path / "missing.py") if body is None else write_recipe(tmp_path, body)
+    code, _, err = run(["pretrain", "--recipe", recipe + suffix, "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
+def test_every_recipe_runs_its_smoke_variant(recipe, tmp_path, capsys):
+    from kcl import data
+
+    config = cli.load_recipe(recipe + ":smoke")
+    if config.get("data", "fashion_mnist") == "fashion_mnist":
+        try:
+            data.load_fashion_mnist("test", download=False, verbose=False)
+        except FileNotFoundError:
+            pytest.skip("Fashion-MNIST is not installed locally (make data)")
+    out = str(tmp_path / "out")
+    code, stdout, err = run(["pretrain", "--recipe", recipe + ":smoke", "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["recipe"] == recipe + ":smoke"
+    assert os.path.isfile(os.path.join(out, "saved_model", "saved_model.pb"))
+
+
+def test_eval_robustness_writes_the_report_and_both_figures(pretrained, folder, tmp_path, capsys):
+    _, out = pretrained
+    textures = str(tmp_path / "test-textures")
+    data_flags = ["--data", folder, "--image-size", "16", "--channels", "1"]
+    assert run(["build-textures", *data_flags, "--split", "test", "--out", textures], capsys)[0] == 0
+    report_dir = str(tmp_path / "robustness")
+    code, stdout, err = run(
+        ["eval", "--model", os.path.join(out, "model.keras"), *data_flags, "--no-linear",
+         "--robustness", report_dir, "--textures", textures],
+        capsys,
+    )
+    assert code == 0, err
+    assert "mean corruption accuracy" in stdout
+    with open(os.path.join(report_dir, "robustness.json")) as f:
+        results = json.load(f)
+    summary = results["summary"]
+    assert 0 <= summary["mean_corruption_accuracy"] <= 1 and summary["mean_corruption_error"] > 0
+    assert len(results["encoder"]["accuracy"]) == 10
+    assert set(results["similarity"]) == {"positive", "negative", "patch", "texture"}
+    for name in ("robustness.png", "similarity.png"):
+        with open(os.path.join(report_dir, name), "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE, name
+
+
+def test_eval_textures_need_robustness(pretrained, folder, tmp_path, capsys):
+    _, out = pretrained
+    code, _, err = run(
+        ["eval", "--model", os.path.join(out, "model.keras"), "--data", folder, "--image-size", "16",
+         "--channels", "1", "--textures", "x"],
+        capsys,
+    )
+    assert_one_line_error(code, err, "--textures=x", "--robustness")

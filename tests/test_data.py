@@ -327,6 +327,42 @@ def good_images(n=8, channels=1):
     return np.random.default_rng(0).integers(0, 256, (n, 4, 4, channels)).astype("uint8")
 
 
+def test_pretrain_dataset_keeps_each_texture_with_its_image():
+    # Texture i is a function of image i (255 - image), so a batch whose
+    # textures are 255 - its images kept the pairs through the shuffle.
+    images = np.arange(40, dtype="uint8").reshape(40, 1, 1, 1) * np.ones((1, 4, 4, 1), "uint8")
+    labels = np.arange(40) % 10
+    dataset = data.pretrain_dataset(images, labels, batch_size=8, textures=255 - images)
+    seen = []
+    for batch in dataset:
+        assert set(batch) == {"images", "textures", "label"}
+        np.testing.assert_array_equal(batch["textures"].numpy(), 255 - batch["images"].numpy())
+        np.testing.assert_array_equal(batch["label"].numpy(), batch["images"].numpy()[:, 0, 0, 0] % 10)
+        seen += batch["images"].numpy()[:, 0, 0, 0].tolist()
+    assert sorted(seen) == list(range(40)) and seen != list(range(40))  # all, shuffled
+
+
+def test_pretrain_dataset_refuses_misaligned_textures_and_labels():
+    images = np.zeros((16, 4, 4, 1), "uint8")
+    with pytest.raises(ValueError, match="one texture per image.*len\\(textures\\)=15"):
+        data.pretrain_dataset(images, batch_size=8, textures=images[:15])
+    with pytest.raises(ValueError, match="one label per image.*len\\(labels\\)=3"):
+        data.pretrain_dataset(images, np.zeros(3), batch_size=8)
+
+
+def test_check_fit_inputs_checks_textures_like_images():
+    images = np.zeros((8, 4, 4, 1), "uint8")
+    bad = np.full((8, 4, 4, 1), np.nan, "float32")
+    with pytest.raises(ValueError, match="Textures contain NaN.*textures with non-finite"):
+        data.check_fit_inputs({"images": images, "textures": bad}, channels=1)
+    with pytest.raises(ValueError, match="textures.shape=\\(8, 4, 4, 3\\)"):
+        data.check_fit_inputs({"images": images, "textures": np.zeros((8, 4, 4, 3), "uint8")}, channels=1)
+    with pytest.raises(ValueError, match="len\\(textures\\)=2"):
+        data.check_fit_inputs({"images": images, "textures": images[:2]}, channels=1)
+    dataset = data.pretrain_dataset(images, batch_size=4, textures=np.ones_like(bad))
+    data.check_fit_inputs(dataset, channels=1)  # finite floats in range pass
+
+
 def test_check_fit_inputs_passes_good_input():
     x, y = good_images(), np.arange(8) % 3
     data.check_fit_inputs(x, y, batch_size=4, channels=1, num_classes=3, num_replicas=2)

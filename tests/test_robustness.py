@@ -382,3 +382,29 @@ def test_similarity_histograms_bad_pairs(tmp_path):
         robustness.similarity_histograms({"x": (np.ones((3, 4)), np.ones((3, 5)))}, tmp_path / "a.png")
     with pytest.raises(ValueError, match="at least one"):
         robustness.similarity_histograms({}, tmp_path / "a.png")
+
+
+def test_similarity_pairs_of_a_method_leave_its_random_streams_alone():
+    from tests.methods import checks
+
+    model = kcl.methods.MoCoV2(
+        checks.tiny_encoder(), augmenter=kcl.methods.MoCoV2.default_augmenter(16, seed=1),
+        projection_hidden_dims=(16,), projection_dim=8, queue_size=16,
+    )
+    images = checks.random_images(10)
+    states = [v.numpy().copy() for v in model.augmenter.weights]
+    pairs = robustness.similarity_pairs(model, images, textures=images[::-1].copy(), batch_size=4)
+    assert set(pairs) == {"positive", "negative", "patch", "texture"}
+    for a, b in pairs.values():
+        assert a.shape == b.shape == (10, model.feature_dim)
+    # The negative of image i is view 2 of image i + 1 (mod N).
+    np.testing.assert_array_equal(pairs["negative"][1], np.roll(pairs["positive"][1], -1, axis=0))
+    for before, v in zip(states, model.augmenter.weights):
+        np.testing.assert_array_equal(v.numpy(), before)
+    again = robustness.similarity_pairs(model, images, batch_size=4)
+    np.testing.assert_array_equal(again["positive"][0], pairs["positive"][0])  # reproducible
+    with pytest.raises(ValueError, match="len\\(textures\\)=3"):
+        robustness.similarity_pairs(model, images, textures=images[:3])
+    model.augmenter = None
+    with pytest.raises(ValueError, match="augmenter=None"):
+        robustness.similarity_pairs(model, images)

@@ -82,23 +82,26 @@ def check_augment_overrides(factory, overrides):
         )
 
 
+BATCH_KEYS = ("images", "views", "label", "index", "textures")
+
+
 def _unpack(data):
-    """Splits a `fit` batch into (images, views, labels, index); absent parts are None."""
+    """Splits a `fit` batch into (images, views, labels, index, textures); absent parts are None."""
     if isinstance(data, (tuple, list)) and len(data) == 1:
         data = data[0]
     if isinstance(data, dict):
-        unknown = set(data) - {"images", "views", "label", "index"}
+        unknown = set(data) - set(BATCH_KEYS)
         if unknown:
             raise ValueError(
-                "A batch dict may hold the keys 'images', 'views', 'label' and "
-                f"'index'. Received: keys={sorted(data)}"
+                f"A batch dict may hold the keys {', '.join(map(repr, BATCH_KEYS))}. "
+                f"Received: keys={sorted(data)}"
             )
-        return data.get("images"), data.get("views"), data.get("label"), data.get("index")
+        return tuple(data.get(key) for key in BATCH_KEYS)
     if isinstance(data, (tuple, list)):
         # (x, y) or Keras' (x, y, sample_weight); sample weights have no
         # meaning for a self-supervised loss and are ignored.
-        return data[0], None, data[1], None
-    return data, None, None, None
+        return data[0], None, data[1], None, None
+    return data, None, None, None, None
 
 
 def _check_rank_and_channels(images, channels, name):
@@ -176,6 +179,9 @@ class ContrastiveModel(keras.Model):
                 (for metrics such as NNCLR's `nn_acc`; never for the loss).
             index: `[b]` dataset indices when the batch dict has `"index"`
                 (PIC's instance classes), else `None`.
+            textures: (methods with weak negatives, only when the batch has
+                them) `[b, H', W', C]` raw texture images for
+                `weak_negative_views`.
             training: forward in training mode.
 
         Returns a dict with at least `"loss"`, this replica's share of the
@@ -208,6 +214,40 @@ class ContrastiveModel(keras.Model):
             weak_negatives.build(self.encoder.input_shape)
         self.weak_negatives = weak_negatives
         self.alpha = float(alpha)
+
+    def weak_negative_views(self, view, textures, training):
+        """Weak-semantic negatives of one batch of views, `[b, H, W, C]` float32.
+
+        A layer that makes them from the views themselves
+        (`PatchNegatives`) gets `view`. A layer with `reads_textures = True`
+        (`TextureNegatives`) gets `textures` instead, the batch's
+        `"textures"` (the texture image of each example, raw like the
+        images; `compute_ssl_loss` receives them), and augments them with its own view
+        pipeline or, when it has none, with the pipeline of the augmenter's
+        first view (the query's); each call draws fresh augmentations, so
+        methods asking once per view get one texture negative per view.
+        """
+        if not getattr(self.weak_negatives, "reads_textures", False):
+            return self.weak_negatives(view, training=training)
+        if textures is None:
+            raise ValueError(
+                f"{type(self.weak_negatives).__name__} reads a texture per example, "
+                "but the batch has none. Feed batches {'images': x, 'textures': t} "
+                "(e.g. kcl.data.pretrain_dataset(x, textures=t)). Received: a batch "
+                "without 'textures'"
+            )
+        _check_rank_and_channels(textures, self.channels, "textures")
+        pipeline = None
+        if self.weak_negatives.pipeline is None:
+            pipeline = getattr(self.augmenter, "pipelines", [None])[0]
+            if pipeline is None:
+                raise ValueError(
+                    "TextureNegatives() without a pipeline augments the textures "
+                    "like the query, but the model has no augmenter to take the "
+                    "query's pipeline from. Pass one: TextureNegatives(pipeline). "
+                    f"Received: augmenter={self.augmenter!r}"
+                )
+        return self.weak_negatives(textures, pipeline=pipeline, training=training)
 
     def weak_negatives_config(self):
         """`get_config` entries of the weak-negatives plug-in."""
@@ -303,7 +343,15 @@ class ContrastiveModel(keras.Model):
 
     # ------------------------------------------------------------- training
     def _views_and_labels(self, data):
-        images, views, labels, index = _unpack(data)
+        images, views, labels, index, textures = _unpack(data)
+        if textures is not None and not getattr(
+            getattr(self, "weak_negatives", None), "reads_textures", False
+        ):
+            raise ValueError(
+                "The batch has 'textures', which only texture negatives read. Pass "
+                "weak_negatives=kcl.negatives.TextureNegatives() to the model or drop "
+                f"them from the data. Received: weak_negatives={getattr(self, 'weak_negatives', None)!r}"
+            )
         if views is None:
             if images is None:
                 raise ValueError(
@@ -336,7 +384,7 @@ class ContrastiveModel(keras.Model):
                 "them. Pass num_classes=<number of classes> to the model, or fit "
                 "on images alone. Received: num_classes=None"
             )
-        return views, labels, index
+        return views, labels, index, textures
 
     def _probe_terms(self, features, labels):
         logits = self.probe(tf.stop_gradient(features))
@@ -347,10 +395,14 @@ class ContrastiveModel(keras.Model):
         return distribute.global_mean(per_example), logits, labels
 
     def train_step(self, data):
-        views, labels, index = self._views_and_labels(data)
+        views, labels, index, textures = self._views_and_labels(data)
+        # Only methods with weak negatives take textures (and only then).
+        extra = {} if textures is None else {"textures": textures}
         probe_loss = logits = None
         with tf.GradientTape() as tape:
-            outputs = self.compute_ssl_loss(views, labels=labels, index=index, training=True)
+            outputs = self.compute_ssl_loss(
+                views, labels=labels, index=index, training=True, **extra
+            )
             total = outputs["loss"]
             if labels is not None:
                 probe_loss, logits, labels = self._probe_terms(outputs["features"], labels)
@@ -373,8 +425,9 @@ class ContrastiveModel(keras.Model):
         return self._update_metrics(outputs, labels, probe_loss, logits)
 
     def test_step(self, data):
-        views, labels, index = self._views_and_labels(data)
-        outputs = self.compute_ssl_loss(views, labels=labels, index=index, training=False)
+        views, labels, index, textures = self._views_and_labels(data)
+        extra = {} if textures is None else {"textures": textures}
+        outputs = self.compute_ssl_loss(views, labels=labels, index=index, training=False, **extra)
         probe_loss = logits = None
         if labels is not None:
             probe_loss, logits, labels = self._probe_terms(outputs["features"], labels)

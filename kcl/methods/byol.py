@@ -192,7 +192,7 @@ class BYOL(ContrastiveModel):
             tf.convert_to_tensor(self.momentum_step), self.total_steps, self.base_momentum
         )
 
-    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True, textures=None):
         self.check_view_count(views)
         features, predictions, targets = [], [], []
         for view in views:
@@ -217,7 +217,7 @@ class BYOL(ContrastiveModel):
                 p2, z1_target
             )
         else:
-            per_example = self._weak_contrast(views, p1, p2, z1_target, z2_target, training)
+            per_example = self._weak_contrast(views, textures, p1, p2, z1_target, z2_target, training)
         return {
             "loss": distribute.global_mean(per_example),
             "features": features[0],
@@ -225,13 +225,13 @@ class BYOL(ContrastiveModel):
             "targets": targets,
         }
 
-    def _weak_contrast(self, views, p1, p2, z1_target, z2_target, training):
+    def _weak_contrast(self, views, textures, p1, p2, z1_target, z2_target, training):
         """Ge et al.'s two-way contrast, both directions, per example."""
         per_example = 0.0
         for view, p, z_other in ((views[0], p1, z2_target), (views[1], p2, z1_target)):
             # The target network's projection of the weak negative of the
             # predicting view: a constant, like the positive.
-            weak = self.weak_negatives(view, training=training)
+            weak = self.weak_negative_views(view, textures, training)
             t = self.target_projector(
                 self.target_encoder(weak, training=training), training=training
             )

@@ -171,7 +171,7 @@ class MoCoV2(ContrastiveModel):
         keys = self.key_projector(features, training=training)
         return tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, "float32"), -1))
 
-    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True, textures=None):
         self.check_view_count(views)
         local_batch = views[0].shape[0]
         if training and local_batch is not None:
@@ -186,7 +186,7 @@ class MoCoV2(ContrastiveModel):
             # Ge et al.: a negative keeping the query's patches or texture but
             # not its shape, embedded by the key encoder (t_m) and never
             # enqueued; its logit is alpha * q.t_m / t.
-            weak = self._keys(self.weak_negatives(views[0], training=training), training)
+            weak = self._keys(self.weak_negative_views(views[0], textures, training), training)
         # Logits [q.k+, q.queue] / t with label 0: [b, 1 + K]. The queue is
         # already global (every replica holds the same one), so no gather is
         # needed for the negatives.

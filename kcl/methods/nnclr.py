@@ -193,7 +193,7 @@ class NNCLR(ContrastiveModel):
         indices = tf.argmax(tf.matmul(z, support, transpose_b=True), axis=1, output_type=tf.int32)
         return tf.stop_gradient(tf.gather(support, indices)), indices
 
-    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True, textures=None):
         self.check_view_count(views)
         b = tf.shape(views[0])[0]
         # One encoder pass over both views: [2b, H, W, C] -> [2b, F].
@@ -230,7 +230,7 @@ class NNCLR(ContrastiveModel):
                 weak_negative=weak, alpha=self.alpha,
             )
 
-        weak1, weak2 = self._weak_projections(views, training)
+        weak1, weak2 = self._weak_projections(views, textures, training)
         per_example = (
             row(nn1, p2) + col(nn1, p2, weak2) + row(nn2, p1) + col(nn2, p1, weak1)
         ) / 4.0
@@ -248,11 +248,11 @@ class NNCLR(ContrastiveModel):
             "support_labels": labels,
         }
 
-    def _weak_projections(self, views, training):
+    def _weak_projections(self, views, textures, training):
         """Normalised projections of each view's weak negatives, constants like the neighbours."""
         if self.weak_negatives is None:
             return None, None
-        weak = tf.concat([self.weak_negatives(v, training=training) for v in views], 0)
+        weak = tf.concat([self.weak_negative_views(v, textures, training) for v in views], 0)
         t = self.projector(self.encoder(weak, training=training), training=training)
         t = tf.stop_gradient(tf.math.l2_normalize(tf.cast(t, "float32"), -1))
         return tf.split(t, 2)

@@ -111,7 +111,7 @@ class SimCLR(ContrastiveModel):
             defaults = dict(strength=0.5, blur=False)
         return augment.simclr_views(size, seed=seed, **{**defaults, **overrides})
 
-    def compute_ssl_loss(self, views, labels=None, index=None, training=True):
+    def compute_ssl_loss(self, views, labels=None, index=None, training=True, textures=None):
         self.check_view_count(views)
         b = tf.shape(views[0])[0]
         # One encoder pass over both views: [2b, H, W, C] -> [2b, F].
@@ -123,7 +123,7 @@ class SimCLR(ContrastiveModel):
             # Each view's weak negative, through the same encoder and head
             # (with gradient, like every SimCLR negative), as a batch of its
             # own so the views' batch statistics stay those of the views.
-            weak = tf.concat([self.weak_negatives(v, training=training) for v in views], 0)
+            weak = tf.concat([self.weak_negative_views(v, textures, training) for v in views], 0)
             t = self.projector(self.encoder(weak, training=training), training=training)
             t = tf.math.l2_normalize(tf.cast(t, "float32"), -1)
             weak1, weak2 = t[:b], t[b:]

@@ -11,7 +11,8 @@ QUEUE = 32
 TEMPERATURE = 0.2
 
 
-def build(synchronized_bn=True, num_classes=None, augmenter=None, queue_size=QUEUE, momentum=0.99):
+def build(synchronized_bn=True, num_classes=None, augmenter=None, queue_size=QUEUE, momentum=0.99,
+          **kwargs):
     return MoCoV2(
         checks.tiny_encoder(),
         augmenter=augmenter,
@@ -22,6 +23,7 @@ def build(synchronized_bn=True, num_classes=None, augmenter=None, queue_size=QUE
         momentum=momentum,
         synchronized_bn=synchronized_bn,
         num_classes=num_classes,
+        **kwargs,
     )
 
 
@@ -327,3 +329,91 @@ def test_weak_negatives_must_be_a_layer():
         build_weak(weak_negatives="patch")
     with pytest.raises(ValueError, match="alpha=-1"):
         build_weak(alpha=-1.0)
+
+
+# ------------------------------------------------ texture negatives from the batch
+
+
+def build_texture(pipeline=None, augmenter=None):
+    from kcl.augment import ViewPipeline
+    from kcl.negatives import TextureNegatives
+
+    return build(
+        augmenter=augmenter,
+        # No random op: the negative is the texture scaled to [0, 1].
+        weak_negatives=TextureNegatives(ViewPipeline([]) if pipeline is None else pipeline),
+        alpha=1.0,
+    )
+
+
+def texture_batch(batch=8, seed=0):
+    v1, v2 = checks.random_views(batch, seed=seed)
+    return {"views": (v1, v2), "textures": checks.random_images(batch, seed=seed + 1)}
+
+
+def test_texture_negatives_are_the_batch_textures_through_the_key_network():
+    # The weak negative of query i is the key network's embedding of texture
+    # i (scaled to [0, 1]): logits [q.k+, q.queue, q.t_i] / t at alpha = 1.
+    from kcl import losses
+
+    model = build_texture()
+    model.compile(optimizer=checks.sgd())
+    batch = texture_batch()
+    v1, v2 = as_tensors(batch["views"])
+    q = tf.math.l2_normalize(model.projector(model.encoder(v1)), axis=-1)
+    k = model._keys(v2, False)
+    t = model._keys(tf.constant(batch["textures"], "float32") / 255.0, False)
+    expected = losses.info_nce(
+        q, k, negatives=model.queue.features, temperature=TEMPERATURE, weak_negative=t, alpha=1.0
+    ).numpy().mean()
+    loss = model.evaluate(tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    other = dict(batch, textures=checks.random_images(8, seed=9))
+    changed = model.evaluate(tf.data.Dataset.from_tensors(other), verbose=0, return_dict=True)["loss"]
+    assert abs(changed - loss) > 1e-4  # the textures, not the views, make the negative
+
+
+def test_texture_negatives_use_the_query_pipeline_when_they_have_none():
+    from kcl.negatives import TextureNegatives
+
+    model = build(augmenter=MoCoV2.default_augmenter(16, seed=0), weak_negatives=TextureNegatives())
+    model.compile(optimizer=checks.sgd())
+    images = checks.random_images(16)
+    textures = checks.random_images(16, seed=5)
+    from kcl import data
+
+    logs = model.fit(data.pretrain_dataset(images, textures=textures, batch_size=8), epochs=1, verbose=0)
+    assert np.all(np.isfinite(logs.history["loss"]))
+    assert model.weak_negatives.pipeline is None  # it borrowed the augmenter's, owns none
+
+
+def test_texture_negatives_without_textures_in_the_batch():
+    model = build_texture()
+    model.compile(optimizer=checks.sgd())
+    with pytest.raises(ValueError, match="batch has none.*textures"):
+        checks.fit_one_step(model, views_batch())
+
+
+def test_texture_negatives_without_any_pipeline():
+    from kcl.negatives import TextureNegatives
+
+    model = build(weak_negatives=TextureNegatives())
+    model.compile(optimizer=checks.sgd())
+    with pytest.raises(ValueError, match="TextureNegatives\\(pipeline\\).*augmenter=None"):
+        checks.fit_one_step(model, texture_batch())
+
+
+def test_distributed_step_with_texture_negatives_equals_single_device_step():
+    from kcl.augment import mocov2_views
+
+    # A random pipeline: its draws for the global batch must match too.
+    checks.check_distributed_equivalence(
+        lambda: build_texture(pipeline=mocov2_views(16, seed=3).pipelines[0]), texture_batch()
+    )
+
+
+def test_textures_without_texture_negatives_are_refused():
+    model = build_weak(alpha=1.0)  # weak negatives made from the views
+    model.compile(optimizer=checks.sgd())
+    with pytest.raises(ValueError, match="only texture negatives read.*TextureNegatives"):
+        checks.fit_one_step(model, texture_batch())
