@@ -10,7 +10,8 @@ Public modules:
 - `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
 - `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
-- `kcl.zoo`: `load(name_or_dir)`, `list()`, presets.
+- `kcl.zoo`: `load(name_or_dir)`, `list()`, presets, the weights trained here.
+- `kcl.convert`: the authors' torchvision-layout checkpoints into kcl backbones.
 """
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 from kcl import (
     augment,  # noqa: F401
     backbones,  # noqa: F401
+    convert,  # noqa: F401
     data,  # noqa: F401
     distribute,  # noqa: F401
     eval,  # noqa: F401  (shadows the builtin only as kcl.eval)

@@ -103,12 +103,18 @@ def build_parser():
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate, reached after a warm-up of one epoch (or a "
+        help="peak learning rate, reached after a warm-up of --warmup-epochs (or a "
         "tenth of the run if shorter) and decayed "
         "by a cosine. Default: 2e-3 for adamw, 0.06 x batch/256 for sgd, "
         "0.3 x batch/256 for lars (SimCLR's).",
     )
     pretrain.add_argument("--weight-decay", type=float, default=None, help="Default: 1e-4 (adamw), 5e-4 (sgd), 1e-6 (lars).")
+    pretrain.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=1.0,
+        help="linear warm-up of the learning rate, in epochs, at most a tenth of the run. Default: 1.",
+    )
     pretrain.add_argument(
         "--set",
         type=_parse_setting,
@@ -231,6 +237,16 @@ def build_parser():
         type=int,
         default=None,
         help="square input size fed to the encoder, when the encoder does not fix one.",
+    )
+    export.add_argument(
+        "--raw-features",
+        action="store_true",
+        help="also serve 'raw_features': the encoder's features before L2 normalisation.",
+    )
+    export.add_argument(
+        "--projection",
+        action="store_true",
+        help="also serve 'projection': the method's projection-head embedding, L2-normalised.",
     )
 
     textures = commands.add_parser(
@@ -409,8 +425,8 @@ def _optimizer(args, steps_per_epoch, epochs):
     import keras
 
     total = epochs * steps_per_epoch
-    # Warm up for one epoch, or a tenth of the run when that is shorter.
-    warmup = min(steps_per_epoch, total // 10)
+    # Warm up for --warmup-epochs, or a tenth of the run when that is shorter.
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 10)
     if args.optimizer == "adamw":
         lr = _schedule(args.lr or 2e-3, total, warmup)
         return keras.optimizers.AdamW(lr, weight_decay=1e-4 if args.weight_decay is None else args.weight_decay)
@@ -477,7 +493,7 @@ def cmd_pretrain(args):
 
     import kcl
 
-    for flag, least in (("epochs", 1), ("batch_size", 1), ("knn_bank", 1), ("knn_every", 0)):
+    for flag, least in (("epochs", 1), ("batch_size", 1), ("knn_bank", 1), ("knn_every", 0), ("warmup_epochs", 0)):
         value = getattr(args, flag)
         if value < least:
             name = "--" + flag.replace("_", "-")
@@ -758,7 +774,10 @@ def cmd_export(args):
     model = _load_model(args.model)
     size = None if args.image_size is None else (args.image_size, args.image_size)
     _check_output_dir(os.path.dirname(os.path.abspath(args.out)))
-    kcl.export.export_saved_model(model, args.out, image_size=size, verbose=False)
+    kcl.export.export_saved_model(
+        model, args.out, image_size=size, verbose=False,
+        raw_features=args.raw_features, projection=args.projection,
+    )
     print(f"kcl: SavedModel written to {args.out}")
 
 

@@ -3,8 +3,11 @@
 The SavedModel's `serving_default` signature takes uint8 images
 `[N, H, W, C]` of any height and width, resizes them to the encoder's input
 size, scales them to [0, 1] (the encoder standardises them itself) and
-returns `{"features": float32 [N, D]}`, L2-normalised. Serving code needs
-neither kcl nor Keras:
+returns `{"features": float32 [N, D]}`, the encoder's (pre-projection)
+features L2-normalised. Optionally it also returns `"raw_features"`, the
+same features before normalisation (what a linear probe is trained on), and
+`"projection"`, the method's projection-head embedding L2-normalised (the
+space its loss compared). Serving code needs neither kcl nor Keras:
 
     import tensorflow as tf
     serve = tf.saved_model.load("saved_model").signatures["serving_default"]
@@ -24,13 +27,18 @@ def _encoder_of(model):
     return getattr(model, "encoder", model)
 
 
-def serving_fn(encoder, image_size=None):
+def serving_fn(encoder, image_size=None, raw_features=False, projector=None):
     """The function behind `serving_default`: uint8 images -> L2-normalised features.
 
     Args:
         encoder: a `keras.Model` taking float images in [0, 1].
         image_size: `(height, width)` the encoder is fed; defaults to the
             encoder's static input size. Required when that is unknown.
+        raw_features: also return `"raw_features"`, the encoder's features
+            before normalisation. Defaults to `False`.
+        projector: a layer from features to the projection embedding; when
+            given, also return `"projection"`, L2-normalised. Defaults to
+            `None`.
     """
     input_shape = encoder.input_shape
     if image_size is None:
@@ -47,8 +55,14 @@ def serving_fn(encoder, image_size=None):
         # Resizing to the training size: area-weighted (antialiased) when
         # shrinking, bilinear when growing; a no-op at the right size.
         images = tf.image.resize(images, (height, width), antialias=True)
-        features = encoder(images / 255.0, training=False)
-        return {"features": tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)}
+        features = tf.cast(encoder(images / 255.0, training=False), tf.float32)
+        outputs = {"features": tf.math.l2_normalize(features, axis=-1)}
+        if raw_features:
+            outputs["raw_features"] = features
+        if projector is not None:
+            projection = tf.cast(projector(features, training=False), tf.float32)
+            outputs["projection"] = tf.math.l2_normalize(projection, axis=-1)
+        return outputs
 
     return serve, (height, width)
 
@@ -70,7 +84,7 @@ def training_size(model):
     return None if None in size else size
 
 
-def export_saved_model(model, path, image_size=None, verbose=True):
+def export_saved_model(model, path, image_size=None, verbose=True, raw_features=False, projection=False):
     """Writes the encoder of `model` as a SavedModel with a `serving_default` signature.
 
     Args:
@@ -81,6 +95,11 @@ def export_saved_model(model, path, image_size=None, verbose=True):
             encoder's static input size, or, for an encoder of any size, to
             the size of the first view of `model.augmenter`.
         verbose: print the signature. Defaults to `True`.
+        raw_features: also serve `"raw_features"`, the features before
+            normalisation. Defaults to `False`.
+        projection: also serve `"projection"`, the method's projection-head
+            embedding (`model.projector`), L2-normalised. Defaults to
+            `False`.
 
     Returns:
         `path`.
@@ -103,10 +122,20 @@ def export_saved_model(model, path, image_size=None, verbose=True):
         raise ValueError(f"The output directory is not writable. Received: path={path!r}")
     if image_size is None and None in tuple(encoder.input_shape[1:3]):
         image_size = training_size(model)
-    serve, _ = serving_fn(encoder, image_size)
+    projector = None
+    if projection:
+        projector = getattr(model, "projector", None)
+        if projector is None:
+            raise ValueError(
+                "projection=True serves the method's projection head, but the model has "
+                f"none (an encoder alone?). Received: model={type(model).__name__}"
+            )
+    serve, _ = serving_fn(encoder, image_size, raw_features=raw_features, projector=projector)
     channels = int(encoder.input_shape[-1])
     archive = keras.export.ExportArchive()
     archive.track(encoder)
+    if projector is not None:
+        archive.track(projector)
     archive.add_endpoint(
         name="serving_default",
         fn=serve,

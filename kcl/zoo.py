@@ -1,37 +1,47 @@
-"""The model zoo: presets by name or directory, and preset saving.
+"""The model zoo: presets by name, directory or remote handle, and preset saving.
 
 A *card* is a JSON file in the repository's top-level `zoo/` folder (shipped
 in the wheel as the data package `kcl.cards`) that names a method, a backbone
-and the paper's configuration:
+and the configuration, the data and epochs it was trained for, what was
+measured, and where its weights come from (`zoo/README.md` lists the keys):
 
     {"name": "nnclr_r50", "method": "NNCLR", "backbone": "resnet50",
      "backbone_args": {"input_shape": [224, 224, 3], "synchronized_bn": true},
      "method_args": {"queue_size": 98304, "temperature": 0.1, ...},
      "augmenter": {"size": 224},
-     "paper": "https://arxiv.org/abs/2104.14548", "description": "..."}
+     "weights": {"source": "none published: ..."}, ...}
 
 `load(name)` builds the method from its card (`kcl.methods.get(method)`,
 `kcl.backbones.get(backbone, **backbone_args)`,
-`Method.default_augmenter(**augmenter)`); names follow the paper's branding
-plus the backbone, never hyperparameters.
+`Method.default_augmenter(**augmenter)`) and loads the weights the card
+ships, if any: encoders trained here are kept in `saved_models/<name>/`
+(packaged as `kcl.weights`), and `weights="imagenet"` converts the authors'
+published checkpoint (`kcl.convert`, needs the network once). Names follow
+the paper's branding plus the backbone, never hyperparameters.
 
 A *preset* is a directory in keras-hub's layout: `config.json` (the model's
 `keras.saving.serialize_keras_object`), `metadata.json` (versions, parameter
-count, anything the saver adds) and `model.weights.h5`. `save_preset` writes
-one; `load(directory)` reads it back in Keras safe mode, so a preset can
-only rebuild registered classes: no pickle, no Python lambdas, no arbitrary
-imports. Weights are HDF5 arrays read by `model.load_weights`.
+count, training data and measured metrics, anything the saver adds) and
+`model.weights.h5`. `save_preset` (or `model.save_to_preset`) writes one, of
+a whole method or of an encoder alone (what `saved_models/` ships);
+`load(directory)` reads it back in Keras safe mode, so a preset can only
+rebuild registered classes: no pickle, no Python lambdas, no arbitrary
+imports. Weights are HDF5 arrays read by `load_weights`. Remote presets
+(`hf://owner/repo`, `kaggle://owner/model/keras/variant`) are downloaded by
+the optional `huggingface_hub` / `kagglehub` packages (`pip install
+"kcl[hub]"`) and then read like a directory.
 
 Example:
 
 >>> import kcl.zoo
 >>> kcl.zoo.list()
-['nnclr_r50', 'simclr_r18_fmnist', 'simclr_r50']
->>> model = kcl.zoo.load("simclr_r18_fmnist")          # random weights
+['byol_r18_fmnist', 'byol_r50', 'mocov2_r18_fmnist', ...]
+>>> model = kcl.zoo.load("simclr_r18_fmnist")          # the weights trained here
+>>> model = kcl.zoo.load("simclr_r18_fmnist", weights="random")
 >>> model.fit(images, batch_size=512, epochs=100)
->>> kcl.zoo.save_preset(model, "presets/simclr_r18_fmnist")
->>> model = kcl.zoo.load("simclr_r18_fmnist", weights="presets/simclr_r18_fmnist")
->>> model = kcl.zoo.load("presets/simclr_r18_fmnist")  # the same, from the preset alone
+>>> model.save_to_preset("presets/my_simclr")
+>>> model = kcl.zoo.load("presets/my_simclr")           # the same model back
+>>> encoder = kcl.zoo.load("saved_models/simclr_r18_fmnist/preset")  # an encoder preset
 """
 
 import datetime
@@ -61,24 +71,35 @@ WEIGHTS_FILE = "model.weights.h5"
 _REQUIRED_CARD_KEYS = ("name", "method", "backbone")
 
 
-def _cards_dir():
-    """The folder holding the cards.
+def _data_dir(installed_name, checkout_name):
+    """A data folder of kcl: `kcl/<installed_name>` in a wheel, `<checkout>/<checkout_name>` in a checkout.
 
-    From a wheel, the package data `kcl/cards/*.json`; from a source checkout
-    or an editable install (where `kcl` is the checkout's folder), the
-    top-level `zoo/` folder next to the `kcl` package.
+    From a wheel, the package data (setup.cfg maps the top-level folders to
+    the packages `kcl.cards` and `kcl.weights`); from a source checkout or
+    an editable install (where `kcl` is the checkout's folder), the
+    top-level folder next to the `kcl` package.
     """
     package = pathlib.Path(kcl.__file__).resolve().parent
-    installed = package / "cards"
+    installed = package / installed_name
     if installed.is_dir():
         return installed
     checkout = package.parent
-    if (checkout / "setup.cfg").is_file() and (checkout / "zoo").is_dir():
-        return checkout / "zoo"
+    if (checkout / "setup.cfg").is_file() and (checkout / checkout_name).is_dir():
+        return checkout / checkout_name
     raise FileNotFoundError(
-        f"No preset cards found: neither {installed} (installed package) nor "
-        f"{checkout / 'zoo'} (source checkout) exists; reinstall kcl."
+        f"Neither {installed} (installed package) nor {checkout / checkout_name} "
+        "(source checkout) exists; reinstall kcl."
     )
+
+
+def weights_dir():
+    """The folder of the weights trained here: `saved_models/` (`kcl/weights` in a wheel)."""
+    return _data_dir("weights", "saved_models")
+
+
+def _cards_dir():
+    """The folder holding the cards: `zoo/` (`kcl/cards` in a wheel)."""
+    return _data_dir("cards", "zoo")
 
 
 def _read_cards():
@@ -155,12 +176,77 @@ def _weights_file(weights):
         path = path / WEIGHTS_FILE
     elif not path.name.endswith(".weights.h5"):
         raise ValueError(
-            f"`weights` must be a preset directory or a `.weights.h5` file. "
-            f"Received: weights={str(weights)!r}"
+            "`weights` must be 'random', 'imagenet', a preset directory or a "
+            f"`.weights.h5` file. Received: weights={str(weights)!r}"
         )
     if not path.is_file():
         raise ValueError(f"No weights file at {path}. Received: weights={str(weights)!r}")
     return path
+
+
+def _read_metadata(directory):
+    path = pathlib.Path(directory) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _load_weights(model, path, name):
+    """`model.load_weights(path)` with the errors a user can act on."""
+    try:
+        model.load_weights(str(path))
+    except OSError as error:  # h5py: truncated, empty or not HDF5
+        raise ValueError(
+            f"The weights file {path} is damaged or truncated ({error}); download "
+            f"or save it again. Received: {name}"
+        ) from None
+    except ValueError as error:  # Keras: variables that do not match
+        raise ValueError(
+            f"The weights in {path} do not fit this model ({error}). Received: {name}"
+        ) from None
+
+
+def _load_weights_into(model, weights):
+    """Loads a preset directory's or a `.weights.h5` file's weights into `model`.
+
+    A preset of an encoder alone (`metadata.json` says
+    `"contents": "encoder"`) goes into `model.encoder`.
+    """
+    path = _weights_file(weights)
+    target = model
+    if _read_metadata(path.parent).get("contents") == "encoder" and hasattr(model, "encoder"):
+        target = model.encoder
+    _load_weights(_built(target), path, f"weights={str(weights)!r}")
+
+
+def _shipped_preset(spec):
+    """The directory of the weights a card ships, or None."""
+    preset = (spec.get("weights") or {}).get("preset")
+    if not preset:
+        return None
+    directory = weights_dir() / preset
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"The card {spec['name']!r} ships weights at {directory}, which is missing; "
+            "reinstall kcl (or git lfs/checkout saved_models/). "
+            f"Received: name={spec['name']!r}"
+        )
+    return directory
+
+
+def _converted(model, spec):
+    """The authors' checkpoint of a card, converted into `model.encoder` (kcl.convert)."""
+    from kcl import convert
+
+    if spec["name"] not in convert.checkpoints():
+        raise ValueError(
+            f"The card {spec['name']!r} has no published checkpoint kcl can convert "
+            f"({(spec.get('weights') or {}).get('source', 'none')}). Cards with one: "
+            f"{', '.join(convert.names())}. Received: weights='imagenet'"
+        )
+    convert.convert(spec["name"], model=model.encoder)
+    return model
 
 
 def _load_preset_dir(directory):
@@ -186,42 +272,87 @@ def _load_preset_dir(directory):
         ) from error
 
 
+REMOTE_SCHEMES = ("hf://", "kaggle://")
+
+
+def _download_remote(handle):
+    """A local directory holding the remote preset `handle` (hf:// or kaggle://)."""
+    if handle.startswith("hf://"):
+        module, call = "huggingface_hub", "snapshot_download"
+    else:
+        module, call = "kagglehub", "model_download"
+    try:
+        library = __import__(module)
+    except ImportError:
+        raise ValueError(
+            f"Remote presets ({handle.split('://')[0]}://) are downloaded by the optional "
+            f'package {module}: pip install "kcl[hub]". Received: name_or_dir={handle!r}'
+        ) from None
+    repo = handle.split("://", 1)[1]
+    try:
+        return getattr(library, call)(repo)
+    except Exception as error:  # noqa: BLE001  offline, unknown repo, no access: the user's to fix
+        raise ValueError(
+            f"Could not download the preset {handle} ({type(error).__name__}: {error}). "
+            "The machine may be offline or the handle wrong; download the preset "
+            "elsewhere and pass its directory. "
+            f"Received: name_or_dir={handle!r}"
+        ) from None
+
+
 def load(name_or_dir, weights=None):
-    """Builds a preset by registered name, or loads a preset directory.
+    """Builds a preset by registered name, or loads a preset directory or remote handle.
 
     Args:
-        name_or_dir: a name from `list()` (the model is built from its card
-            with random weights), or a preset directory written by
-            `save_preset` (the model is rebuilt from its `config.json` in
-            Keras safe mode with the directory's weights).
-        weights: `None`, a preset directory, or a `.weights.h5` file whose
-            weights are loaded into the model (`model.load_weights`).
-            Defaults to `None`: random weights for a name, the directory's
-            own weights for a directory.
+        name_or_dir: a name from `list()` (the model is built from its
+            card), a preset directory written by `save_preset`, or a remote
+            preset `hf://owner/repo` / `kaggle://owner/model/keras/variant`
+            (downloaded, then read like a directory; needs `kcl[hub]` and the
+            network). A directory is rebuilt from its `config.json` in Keras
+            safe mode: a method preset gives the method, an encoder preset
+            the encoder.
+        weights: `None` (the default): the weights the card ships if it
+            has them (encoders trained here, `card["weights"]["preset"]`),
+            otherwise random; for a directory, its own. `"random"`: random
+            weights. `"imagenet"`: the authors' published checkpoint of the
+            card, downloaded and converted by `kcl.convert`. Or a preset
+            directory or `.weights.h5` file whose weights are loaded (an
+            encoder preset into `model.encoder`).
 
     Returns:
-        The method, a `keras.Model` (e.g. `kcl.methods.NNCLR`).
+        The method (e.g. `kcl.methods.NNCLR`), or an encoder `keras.Model`
+        for an encoder preset.
 
     Example:
 
-    >>> model = kcl.zoo.load("nnclr_r50")
+    >>> model = kcl.zoo.load("nnclr_r50")       # no weights published: random
     >>> model.encoder.count_params()
     23508032
+    >>> model = kcl.zoo.load("simclr_r18_fmnist")     # weights trained here
+    >>> features = model.predict(x_test)
     """
     if not isinstance(name_or_dir, (str, os.PathLike)):
         raise ValueError(  # noqa: TRY004 (kcl reports bad arguments as ValueError)
-            "`name_or_dir` must be a preset name or a directory path. "
-            f"Received: name_or_dir={name_or_dir!r}"
+            "`name_or_dir` must be a preset name, a directory path or a remote "
+            f"handle (hf://, kaggle://). Received: name_or_dir={name_or_dir!r}"
         )
-    path = pathlib.Path(os.fspath(name_or_dir))
+    name = os.fspath(name_or_dir)
+    if name.startswith(REMOTE_SCHEMES):
+        name = _download_remote(name)
+    path = pathlib.Path(name)
     if path.is_dir():
         model = _load_preset_dir(path)
         if weights is None:
             weights = path
     else:
-        model = from_card(card(os.fspath(name_or_dir)))
-    if weights is not None:
-        _built(model).load_weights(str(_weights_file(weights)))
+        spec = card(name)
+        model = from_card(spec)
+        if weights is None:
+            weights = _shipped_preset(spec)
+        elif weights == "imagenet":
+            return _converted(model, spec)
+    if weights is not None and weights != "random":
+        _load_weights_into(model, weights)
     return model
 
 
@@ -234,12 +365,16 @@ def save_preset(model, directory, metadata=None):
 
     Files: `config.json` (`keras.saving.serialize_keras_object(model)`),
     `metadata.json` (kcl, Keras and TensorFlow versions, the class name,
-    parameter counts: all variables, trainable ones, and the encoder's
-    trainable ones; the date; and `metadata`) and `model.weights.h5` (every variable of the
-    model, queues and other state included).
+    `contents` ("method" or "encoder"), parameter counts: all variables,
+    trainable ones, and the encoder's trainable ones; the date; and
+    `metadata`, e.g. the training data and measured metrics) and
+    `model.weights.h5` (every variable of the model, queues and other state
+    included). `model.save_to_preset(directory)` is the same call.
 
     Args:
-        model: a kcl method (or any registered Keras model).
+        model: a kcl method, or an encoder (`model.encoder`: a preset of
+            the network downstream users keep, small enough to ship; `load`
+            puts its weights into a method's encoder).
         directory: the folder to write; created if needed.
         metadata: dict of JSON values to add to `metadata.json`, e.g.
             `{"linear_top1": 91.2}`. Defaults to `None`.
@@ -250,6 +385,9 @@ def save_preset(model, directory, metadata=None):
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
         "class_name": type(model).__name__,
+        # What load(weights=directory) loads the weights into: a whole
+        # method, or the encoder of one (saved_models/ ships encoders).
+        "contents": "method" if isinstance(model, methods.ContrastiveModel) else "encoder",
         # keras-hub's count: every variable (BN statistics and queues too).
         "parameter_count": _count(model.weights),
         "trainable_parameter_count": _count(model.trainable_weights),
@@ -276,3 +414,81 @@ def save_preset(model, directory, metadata=None):
         json.dump(info, f, indent=2)
     _built(model).save_weights(str(directory / WEIGHTS_FILE))
     return directory
+
+
+# Settings a recipe's smoke variant shares: the whole pipeline (train, kNN,
+# plot, export) on a few hundred Fashion-MNIST images in seconds.
+SMOKE_SETTINGS = {
+    "data": "fashion_mnist",
+    "image_size": None,
+    "width": 0.125,
+    "epochs": 1,
+    "batch_size": 32,
+    "train_limit": 128,
+    "test_limit": 64,
+    "knn_bank": 64,
+    "knn_every": 0,
+}
+
+
+def card_recipe(name, smoke=False, smoke_set=None, smoke_augment=None, **settings):
+    """`kcl pretrain` settings that train the model of the card `name`.
+
+    The card is the one record of the architecture: its backbone and width,
+    `method_args` (as `set`) and augmenter arguments (as `augment`) become
+    the recipe's, so the weights a recipe trains load into
+    `kcl.zoo.load(name)`. `settings` add the training (`epochs`,
+    `batch_size`, `optimizer`, `lr`, `weight_decay`, `data`, ...) and may
+    override any of them. `num_instances` (PIC) is left to `kcl pretrain`,
+    which sets it to the size of the training set.
+
+    `smoke=True` gives the recipe's seconds-long CI variant:
+    `SMOKE_SETTINGS` over `settings`, `smoke_set` over the method
+    arguments and `smoke_augment` over the augmenter's (sizes tied to the
+    data: a queue that must fit the batch, crops of 28-pixel images).
+
+    Example (a recipe file):
+
+    >>> def get_config(smoke=False):
+    ...     return kcl.zoo.card_recipe("simclr_r18_fmnist", smoke, epochs=2, lr=2e-3)
+    """
+    spec = card(name)
+    config = {
+        "method": spec["method"].lower(),
+        "backbone": spec["backbone"],
+        "width": spec.get("backbone_args", {}).get("width", 1.0),
+        "set": {k: v for k, v in spec.get("method_args", {}).items() if k != "num_instances"},
+        "augment": {k: v for k, v in (spec.get("augmenter") or {}).items() if k != "size"},
+    }
+    config.update(settings)
+    if smoke:
+        config.update(SMOKE_SETTINGS)
+        config["set"] = dict(config["set"], **(smoke_set or {}))
+        config["augment"] = dict(config["augment"], **(smoke_augment or {}))
+    return config
+
+
+# The card check: kNN-200 (weighted, t = 0.1) of the encoder with the first
+# 10,000 training images as memory bank, on the first 2,000 test images.
+QUICK_KNN_BANK, QUICK_KNN_TEST = 10000, 2000
+
+
+def quick_knn(model, train, test):
+    """The `knn200_quick` metric of a card: a minute of CPU, repeated by the tests.
+
+    Args:
+        model: a kcl method or an encoder.
+        train: `(images, labels)`; the first `QUICK_KNN_BANK` form the bank.
+        test: `(images, labels)`; the first `QUICK_KNN_TEST` are classified.
+
+    Returns:
+        The top-1 accuracy, a float in [0, 1].
+    """
+    from kcl import eval as kcl_eval
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    bank = kcl_eval.embed(model, x_train[:QUICK_KNN_BANK])
+    queries = kcl_eval.embed(model, x_test[:QUICK_KNN_TEST])
+    return kcl_eval.knn_accuracy(
+        bank, y_train[:QUICK_KNN_BANK], queries, y_test[:QUICK_KNN_TEST], k=200, temperature=0.1
+    )

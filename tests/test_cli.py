@@ -297,6 +297,7 @@ def test_pretrain_with_texture_negatives_built_by_the_cli(folder, tmp_path, caps
         assert json.load(f)["weak_negatives"] == "texture"
     model = keras.models.load_model(str(tmp_path / "out" / "model.keras"))
     assert type(model.weak_negatives).__name__ == "TextureNegatives" and model.alpha == 3.0
+    assert model.weak_negatives.pipeline is None  # it augments with the query pipeline
 
 
 @pytest.mark.parametrize(

@@ -135,3 +135,21 @@ def test_encoder_of_any_size_is_exported_at_the_augmenters_size(tmp_path):
     np.testing.assert_allclose(features, expected, atol=1e-5)
     with pytest.raises(ValueError, match="image_size"):
         kcl.export.export_saved_model(encoder, str(tmp_path / "bare"), verbose=False)
+
+
+def test_optional_raw_features_and_projection(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = kcl.methods.SimCLR(checks.tiny_encoder(), projection_hidden_dims=(16,), projection_dim=8)
+    path = str(tmp_path / "saved_model")
+    kcl.export.export_saved_model(model, path, verbose=False, raw_features=True, projection=True)
+    images = checks.random_images(4)
+    outputs = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    assert set(outputs) == {"features", "raw_features", "projection"}
+    raw = model.encoder(tf.cast(images, tf.float32) / 255.0, training=False)
+    np.testing.assert_allclose(outputs["raw_features"].numpy(), raw.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["features"].numpy(), expected_features(model, images), atol=1e-6)
+    projection = tf.math.l2_normalize(model.projector(raw, training=False), -1)
+    np.testing.assert_allclose(outputs["projection"].numpy(), projection.numpy(), atol=1e-6)
+    assert outputs["projection"].shape == (4, 8)
+    with pytest.raises(ValueError, match="projection head.*Received: model=Functional"):
+        kcl.export.export_saved_model(model.encoder, str(tmp_path / "x"), projection=True, verbose=False)

@@ -70,7 +70,7 @@ def test_load_nnclr_r50_builds_the_paper_model():
 
 
 def test_load_small_card_gives_a_working_model_with_random_weights():
-    a, b = zoo.load("simclr_r18_fmnist"), zoo.load("simclr_r18_fmnist")
+    a, b = zoo.load("simclr_r18_fmnist", weights="random"), zoo.load("simclr_r18_fmnist", weights="random")
     assert isinstance(a, kcl.methods.SimCLR) and a.temperature == 0.5
     assert a.encoder.input_shape == (None, 28, 28, 1) and a.feature_dim == 128
     assert a.projection_hidden_dims == (512,)
@@ -128,7 +128,7 @@ def test_metadata_cannot_override_what_save_preset_writes(tmp_path):
 
 
 def test_weights_from_a_preset_directory_or_a_weights_file(tmp_path):
-    trained = zoo.load("simclr_r18_fmnist")
+    trained = zoo.load("simclr_r18_fmnist", weights="random")
     zoo.save_preset(trained, tmp_path / "preset")
     images = checks.random_images(4, size=28)
     expected = trained(images).numpy()
@@ -185,6 +185,189 @@ def test_setup_cfg_packages_every_package_and_the_cards():
     on_disk = {
         ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "kcl").rglob("__init__.py")
     }
-    assert listed == on_disk | {"kcl.cards"}
-    assert config["options"]["package_dir"].split() == ["kcl.cards", "=", "zoo"]
+    assert listed == on_disk | {"kcl.cards", "kcl.weights"}
+    assert config["options"]["package_dir"].split() == [
+        "kcl.cards", "=", "zoo", "kcl.weights", "=", "saved_models"
+    ]
     assert config["options.package_data"]["kcl.cards"].strip() == "*.json"
+    assert config["options.package_data"]["kcl.weights"].strip() == "*/preset/*"
+
+
+# ------------------------------------------------------------- every card
+@pytest.mark.parametrize("name", zoo.list())
+def test_every_card_states_its_data_metrics_and_the_source_of_its_weights(name):
+    card = zoo.card(name)
+    source = card["weights"]["source"]
+    assert source == "trained here" or source.startswith(("converted", "none published", "the authors"))
+    if source == "trained here":
+        assert card["data"] == "fashion_mnist" and card["epochs"] >= 1
+        assert {"knn200", "nn20", "linear_probe", "knn200_quick"} <= set(card["metrics"])
+        training = card["weights"]["training"]
+        assert training["command"].startswith("kcl pretrain --recipe recipes/")
+        assert (REPO / training["recipe"]).is_file()
+    if "imagenet" in card["weights"]:
+        assert name in kcl.convert.checkpoints()
+
+
+FMNIST_CARDS = [name for name in zoo.list() if name.endswith("_fmnist")]
+SHIPPED = [name for name in zoo.list() if (zoo.card(name).get("weights") or {}).get("preset")]
+
+
+def test_every_method_has_a_fashion_mnist_card_with_weights_trained_here():
+    methods = {zoo.card(name)["method"].lower() for name in SHIPPED}
+    assert methods == set(kcl.methods.names())
+
+
+@pytest.mark.parametrize("name", FMNIST_CARDS)
+def test_method_preset_round_trip(name, tmp_path):
+    model = zoo.load(name, weights="random")
+    model.save_to_preset(tmp_path / "preset", metadata={"note": "round trip"})
+    loaded = zoo.load(tmp_path / "preset")
+    assert type(loaded) is type(model)
+    assert json.loads((tmp_path / "preset" / "metadata.json").read_text())["contents"] == "method"
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    images = checks.random_images(4, size=28)
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    try:
+        return (kcl.data.load_fashion_mnist("train", download=False, verbose=False),
+                kcl.data.load_fashion_mnist("test", download=False, verbose=False))
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed locally (make data)")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_preset_reproduces_its_recorded_knn_accuracy(name, fashion_mnist):
+    card = zoo.card(name)
+    model = zoo.load(name)
+    accuracy = zoo.quick_knn(model, *fashion_mnist)
+    assert abs(accuracy - card["metrics"]["knn200_quick"]) <= 0.005, (accuracy, card["metrics"])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_saved_model_gives_the_preset_features(name, fashion_mnist):
+    import tensorflow as tf
+
+    images = fashion_mnist[1][0][:32]
+    model = zoo.load(name)
+    expected = tf.math.l2_normalize(model.encoder(images.astype("float32") / 255.0), -1).numpy()
+    serve = tf.saved_model.load(str(REPO / card_saved_model(name))).signatures["serving_default"]
+    np.testing.assert_allclose(serve(images=tf.constant(images))["features"].numpy(), expected, atol=1e-5)
+    # The shipped encoder is trained: its features are not a random encoder's.
+    random = zoo.load(name, weights="random").encoder(images.astype("float32") / 255.0)
+    assert not np.allclose(tf.math.l2_normalize(random, -1).numpy(), expected, atol=1e-2)
+
+
+def card_saved_model(name):
+    return zoo.card(name)["weights"]["saved_model"]
+
+
+def test_shipped_weights_are_small():
+    for name in SHIPPED:
+        for part in ("preset", "saved_model"):
+            folder = REPO / "saved_models" / name / part
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            assert 0 < size < 10 * 2**20, (name, part, size)
+
+
+def test_an_encoder_preset_loads_as_an_encoder_and_into_a_method(tmp_path):
+    model = zoo.load("simclr_r18_fmnist", weights="random")
+    zoo.save_preset(model.encoder, tmp_path / "encoder")
+    encoder = zoo.load(tmp_path / "encoder")
+    assert isinstance(encoder, keras.Model) and not isinstance(encoder, kcl.methods.ContrastiveModel)
+    other = zoo.load("simclr_r18_fmnist", weights=tmp_path / "encoder")  # into model.encoder
+    images = checks.random_images(4, size=28)
+    np.testing.assert_array_equal(other(images).numpy(), model(images).numpy())
+
+
+# ---------------------------------------------------------- bad presets
+def test_truncated_weights_file_is_a_clear_error(tmp_path):
+    zoo.save_preset(tiny_simclr(), tmp_path)
+    weights = tmp_path / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="damaged or truncated.*Received: weights="):
+        zoo.load(tmp_path)
+
+
+def test_unknown_class_in_a_preset_runs_no_code(tmp_path, monkeypatch):
+    # The config names a class in a module whose import would leave a mark:
+    # loading must fail without importing it.
+    marker = tmp_path / "imported"
+    (tmp_path / "kcl_evil_preset.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nclass Evil:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    zoo.save_preset(tiny_simclr(), tmp_path / "preset")
+    config_path = tmp_path / "preset" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(module="kcl_evil_preset", class_name="Evil", registered_name="Evil")
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="safe mode.*Received: name_or_dir="):
+        zoo.load(tmp_path / "preset")
+    assert not marker.exists()
+
+
+# ------------------------------------------------ remote and converted weights
+class FakeHub:
+    """A stand-in for huggingface_hub / kagglehub: returns a directory or raises."""
+
+    def __init__(self, directory=None, error=None):
+        self.directory, self.error, self.calls = directory, error, []
+
+    def snapshot_download(self, repo):
+        return self._download(repo)
+
+    def model_download(self, repo):
+        return self._download(repo)
+
+    def _download(self, repo):
+        self.calls.append(repo)
+        if self.error:
+            raise self.error
+        return str(self.directory)
+
+
+@pytest.mark.parametrize("handle, module", [("hf://kcl/simclr", "huggingface_hub"),
+                                            ("kaggle://kcl/simclr/keras/fmnist", "kagglehub")])
+def test_remote_handles_download_then_load(handle, module, tmp_path, monkeypatch):
+    model = tiny_simclr()
+    zoo.save_preset(model, tmp_path)
+    hub = FakeHub(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, module, hub)
+    loaded = zoo.load(handle)
+    assert hub.calls == [handle.split("://", 1)[1]]
+    images = checks.random_images(2)
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
+
+
+def test_remote_handles_offline_or_without_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", FakeHub(error=ConnectionError("no network")))
+    with pytest.raises(ValueError, match="offline.*Received: name_or_dir='hf://kcl/x'"):
+        zoo.load("hf://kcl/x")
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # not installed
+    with pytest.raises(ValueError, match=r"kcl\[hub\]"):
+        zoo.load("kaggle://kcl/x/keras/y")
+
+
+def test_imagenet_weights_are_converted_from_the_authors_checkpoint(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kcl.convert, "convert", lambda name, model: calls.append((name, model)))
+    model = zoo.load("swav_r50", weights="imagenet")
+    assert calls == [("swav_r50", model.encoder)]
+    with pytest.raises(ValueError, match="no published checkpoint.*none published"):
+        zoo.load("nnclr_r50", weights="imagenet")
+
+
+@pytest.mark.parametrize("name", [name for name in zoo.list() if name not in FMNIST_CARDS])
+def test_every_imagenet_card_builds_its_model(name):
+    # (The Fashion-MNIST cards are built by the round trip above.)
+    card = zoo.card(name)
+    model = zoo.load(name, weights="random")
+    assert type(model) is kcl.methods.get(card["method"])
+    assert model.encoder.name == card["backbone"]

@@ -485,6 +485,22 @@ class ContrastiveModel(keras.Model):
         self.build()
         return super().save(*args, **kwargs)
 
+    def save_to_preset(self, directory, metadata=None):
+        """Writes the model as a keras-hub style preset (`kcl.zoo.save_preset`).
+
+        `config.json`, `metadata.json` (versions, parameter counts and
+        `metadata`, e.g. `{"data": "fashion_mnist", "knn_top1": 0.84}`) and
+        `model.weights.h5`; `kcl.zoo.load(directory)` reads it back.
+
+        Example:
+
+        >>> model.save_to_preset("presets/my_simclr", metadata={"epochs": 100})
+        >>> model = kcl.zoo.load("presets/my_simclr")
+        """
+        from kcl import zoo
+
+        return zoo.save_preset(self, directory, metadata=metadata)
+
     # --------------------------------------------------------------- config
     def get_config(self):
         config = super().get_config()

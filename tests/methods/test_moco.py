@@ -373,20 +373,6 @@ def test_texture_negatives_are_the_batch_textures_through_the_key_network():
     assert abs(changed - loss) > 1e-4  # the textures, not the views, make the negative
 
 
-def test_texture_negatives_use_the_query_pipeline_when_they_have_none():
-    from kcl.negatives import TextureNegatives
-
-    model = build(augmenter=MoCoV2.default_augmenter(16, seed=0), weak_negatives=TextureNegatives())
-    model.compile(optimizer=checks.sgd())
-    images = checks.random_images(16)
-    textures = checks.random_images(16, seed=5)
-    from kcl import data
-
-    logs = model.fit(data.pretrain_dataset(images, textures=textures, batch_size=8), epochs=1, verbose=0)
-    assert np.all(np.isfinite(logs.history["loss"]))
-    assert model.weak_negatives.pipeline is None  # it borrowed the augmenter's, owns none
-
-
 def test_texture_negatives_without_textures_in_the_batch():
     model = build_texture()
     model.compile(optimizer=checks.sgd())

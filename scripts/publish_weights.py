@@ -1,0 +1,100 @@
+"""Publishes an encoder trained by a recipe as a zoo card's shipped weights.
+
+    .venv/bin/python scripts/publish_weights.py simclr_r18_fmnist runs/zoo/simclr_r18_fmnist
+
+Reads RUN/model.keras and RUN/metrics.json (what `kcl pretrain --recipe`
+wrote), measures the encoder on Fashion-MNIST, and writes:
+
+- saved_models/<card>/preset/: the encoder as a preset (config.json,
+  metadata.json with the data, epochs, recipe and metrics, model.weights.h5),
+  which `kcl.zoo.load(card)` loads into the card's model;
+- saved_models/<card>/saved_model/: the encoder as a SavedModel for serving;
+- the card's `data`, `epochs`, `metrics` and `weights` entries.
+
+Metrics (test split, features of the encoder):
+- `knn200`, `nn20`: weighted kNN-200 (t 0.1) and cosine 20-NN with all
+  60,000 training images as memory bank (from `kcl pretrain`'s final
+  evaluation);
+- `linear_probe`: `kcl.eval.linear_probe` on all training features;
+- `knn200_quick`: `kcl.zoo.quick_knn`, weighted kNN-200 with the first
+  10,000 training images as bank on the first 2,000 test images, the check
+  tests/test_zoo.py repeats on the shipped preset.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("card")
+    parser.add_argument("run", help="the folder `kcl pretrain --out` wrote")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    import kcl
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    card_path = os.path.join(root, "zoo", f"{args.card}.json")
+    with open(card_path, encoding="utf-8") as f:
+        card = json.load(f)
+    with open(os.path.join(args.run, "metrics.json"), encoding="utf-8") as f:
+        run = json.load(f)
+    model = keras.models.load_model(os.path.join(args.run, "model.keras"))
+    x_train, y_train = kcl.data.load_fashion_mnist("train")
+    x_test, y_test = kcl.data.load_fashion_mnist("test")
+    features = (kcl.eval.embed(model, x_train), kcl.eval.embed(model, x_test))
+    metrics = {
+        "knn200": run["knn"]["encoder"]["knn200_weighted"],
+        "nn20": run["knn"]["encoder"]["nn20_cosine"],
+        "linear_probe": kcl.eval.linear_probe(features[0], y_train, features[1], y_test),
+        "knn200_quick": kcl.zoo.quick_knn(model, (x_train, y_train), (x_test, y_test)),
+        "raw_pixels_knn200": run["knn"]["raw pixels"]["knn200_weighted"],
+        "raw_pixels_nn20": run["knn"]["raw pixels"]["nn20_cosine"],
+    }
+    command = f"kcl pretrain --recipe {run['recipe']} --out {args.run}"
+    training = {
+        "data": "Fashion-MNIST train (60,000 images, 28 x 28 grey)",
+        "epochs": run["epochs"],
+        "batch_size": run["batch_size"],
+        "recipe": run["recipe"],
+        "command": command,
+        "train_minutes": round(run["train_seconds"] / 60, 1),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
+        "date": datetime.date.today().isoformat(),
+    }
+    out = os.path.join(root, "saved_models", args.card)
+    kcl.zoo.save_preset(
+        model.encoder, os.path.join(out, "preset"),
+        metadata={"card": args.card, "method": run["method"], "training": training, "metrics": metrics},
+    )
+    kcl.export.export_saved_model(model, os.path.join(out, "saved_model"), image_size=(28, 28), verbose=False)
+
+    card.update(
+        data="fashion_mnist",
+        epochs=run["epochs"],
+        metrics=metrics,
+        weights={
+            "source": "trained here",
+            "preset": f"{args.card}/preset",
+            "saved_model": f"saved_models/{args.card}/saved_model",
+            "training": training,
+        },
+    )
+    with open(card_path, "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=2)
+        f.write("\n")
+    sizes = {
+        name: sum(os.path.getsize(os.path.join(d, file)) for d, _, files in os.walk(os.path.join(out, name)) for file in files)
+        for name in ("preset", "saved_model")
+    }
+    print(json.dumps({"card": args.card, "metrics": metrics, "bytes": sizes}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
