@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("card")
