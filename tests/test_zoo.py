@@ -197,6 +197,7 @@ def test_setup_cfg_packages_every_package_and_the_cards():
 @pytest.mark.parametrize("name", zoo.list())
 def test_every_card_states_its_data_metrics_and_the_source_of_its_weights(name):
     card = zoo.card(name)
+    assert card["data"] in ("fashion_mnist", "imagenet2012") and card["epochs"] >= 1 and card["metrics"]
     source = card["weights"]["source"]
     assert source == "trained here" or source.startswith(("converted", "none published", "the authors"))
     if source == "trained here":
