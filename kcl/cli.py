@@ -702,7 +702,7 @@ def cmd_eval(args):
     _print_table(table, linear)
     results = {"knn": table, "linear_probe": linear}
     if args.robustness:
-        results["robustness"] = _robustness(args, model, train, test)
+        results["robustness"] = _robustness(args, model, train, test, features)
     elif args.textures:
         raise ValueError(f"--textures goes with --robustness. Received: --textures={args.textures}")
     if args.json:
@@ -711,8 +711,11 @@ def cmd_eval(args):
     return results
 
 
-def _robustness(args, model, train, test):
-    """The corruption suite and the similarity figure of `kcl eval --robustness`."""
+def _robustness(args, model, train, test, features):
+    """The corruption suite and the similarity figure of `kcl eval --robustness`.
+
+    `features`: the encoder's features of the clean training and test images.
+    """
     from kcl import eval as kcl_eval
     from kcl import negatives, robustness
 
@@ -727,7 +730,8 @@ def _robustness(args, model, train, test):
     pixels = robustness.robustness_report(kcl_eval.pixels, train, test, seed=args.seed)
     print("kcl: corruption suite, encoder ...", flush=True)
     report = robustness.robustness_report(
-        lambda x: kcl_eval.embed(model, x), train, test, seed=args.seed, baseline=pixels
+        lambda x: kcl_eval.embed(model, x), train, test, seed=args.seed, baseline=pixels,
+        clean_features=features,
     )
     summary = {
         "clean_accuracy": report["clean_accuracy"],
@@ -745,8 +749,6 @@ def _robustness(args, model, train, test):
         f"mCE vs raw pixels {report['mean_corruption_error']:.3f}"
     )
     results = {"summary": summary, "encoder": report, "raw_pixels": pixels}
-    with open(os.path.join(args.robustness, "robustness.json"), "w") as f:
-        json.dump(results, f, indent=1)
     try:
         robustness.plot_robustness(
             report, os.path.join(args.robustness, "robustness.png"), baseline=pixels,
@@ -758,10 +760,10 @@ def _robustness(args, model, train, test):
                 pairs, os.path.join(args.robustness, "similarity.png"),
                 title="cosine similarity of encoder features",
             )
-            with open(os.path.join(args.robustness, "robustness.json"), "w") as f:
-                json.dump(results, f, indent=1)
     except ImportError as error:
         print(f"kcl: no plots ({error})")
+    with open(os.path.join(args.robustness, "robustness.json"), "w") as f:
+        json.dump(results, f, indent=1)
     print(f"kcl: robustness report in {args.robustness}")
     return results
 

@@ -100,8 +100,7 @@ def checkpoints():
     from kcl import zoo
 
     entries = {}
-    for name in zoo.list():
-        spec = zoo.card(name)
+    for name, spec in zoo.cards().items():
         entry = (spec.get("weights") or {}).get("imagenet")
         if entry:
             entries[name] = dict(

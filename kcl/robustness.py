@@ -541,6 +541,7 @@ def robustness_report(
     progress=True,
     baseline=None,
     method_kwargs=None,
+    clean_features=None,
 ):
     """Accuracy of frozen features on a clean test set and on its corrupted copies.
 
@@ -574,6 +575,10 @@ def robustness_report(
         method_kwargs: further arguments of `kcl.eval.knn_accuracy`
             (`temperature`, `weighted`) or of the linear probe (`epochs`,
             `batch_size`, `learning_rate`, `weight_decay`). Defaults to
+            `None`.
+        clean_features: `(train_features, test_features)`, the
+            `features_fn` of the clean training and test images when the
+            caller has them already; `None` computes them. Defaults to
             `None`.
 
     Returns:
@@ -622,7 +627,14 @@ def robustness_report(
         )
     method_kwargs = dict(method_kwargs or {})
 
-    train_features = np.asarray(features_fn(train_images))
+    if clean_features is None:
+        clean_features = (features_fn(train_images), features_fn(test_images))
+    train_features, clean_test_features = (np.asarray(f) for f in clean_features)
+    if len(train_features) != len(train_labels) or len(clean_test_features) != len(test_labels):
+        raise ValueError(
+            "Argument `clean_features` must hold one row per training and test image. "
+            f"Received: shapes {train_features.shape} and {clean_test_features.shape}"
+        )
     if method == "knn":
         k = min(k, len(train_features))
 
@@ -640,7 +652,7 @@ def robustness_report(
         def accuracy_of(features):
             return float(np.mean(predict(features) == test_labels))
 
-    clean = accuracy_of(np.asarray(features_fn(test_images)))
+    clean = accuracy_of(clean_test_features)
     bar = None
     if progress:
         bar = keras.utils.Progbar(len(corruptions) * len(severities), stateful_metrics=["acc"])

@@ -102,7 +102,8 @@ def _cards_dir():
     return _data_dir("cards", "zoo")
 
 
-def _read_cards():
+def cards():
+    """Every card, `{name: card}`, read afresh from the JSON files (the caller's to change)."""
     cards = {}
     for path in sorted(_cards_dir().glob("*.json")):
         with open(path, encoding="utf-8") as f:
@@ -121,7 +122,7 @@ def _read_cards():
 
 def list():  # shadows the builtin inside this module only: kcl.zoo.list()
     """Sorted names of the registered presets, e.g. `["nnclr_r50", ...]`."""
-    return sorted(_read_cards())
+    return sorted(cards())
 
 
 def card(name):
@@ -130,16 +131,16 @@ def card(name):
     Raises `ValueError` for an unknown name, with the close matches and the
     known names.
     """
-    cards = _read_cards()
-    if name not in cards:
-        close = difflib.get_close_matches(str(name), cards, n=3)
+    known = cards()
+    if name not in known:
+        close = difflib.get_close_matches(str(name), known, n=3)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(
             f"Unknown preset: not a registered name nor a preset directory "
             f"({CONFIG_FILE} + {WEIGHTS_FILE}).{hint} Known names: "
-            f"{', '.join(sorted(cards))}. Received: name={name!r}"
+            f"{', '.join(sorted(known))}. Received: name={name!r}"
         )
-    return json.loads(json.dumps(cards[name]))
+    return known[name]
 
 
 def _tuples(value):

@@ -408,3 +408,24 @@ def test_similarity_pairs_of_a_method_leave_its_random_streams_alone():
     model.augmenter = None
     with pytest.raises(ValueError, match="augmenter=None"):
         robustness.similarity_pairs(model, images)
+
+
+def test_report_takes_clean_features_the_caller_has():
+    train, test = two_class_problem()
+    kwargs = dict(k=15, progress=False, corruptions=["contrast"], severities=[1, 5])
+    computed = robustness.robustness_report(kcl.eval.pixels, train, test, **kwargs)
+    given = robustness.robustness_report(
+        kcl.eval.pixels, train, test,
+        clean_features=(kcl.eval.pixels(train[0]), kcl.eval.pixels(test[0])), **kwargs,
+    )
+    assert given == computed
+    # The given features are the ones used: reversed test rows miss their labels.
+    shuffled = robustness.robustness_report(
+        kcl.eval.pixels, train, test,
+        clean_features=(kcl.eval.pixels(train[0]), kcl.eval.pixels(test[0])[::-1]), **kwargs,
+    )
+    assert shuffled["clean_accuracy"] != computed["clean_accuracy"]
+    with pytest.raises(ValueError, match="clean_features"):
+        robustness.robustness_report(
+            kcl.eval.pixels, train, test, clean_features=(kcl.eval.pixels(train[0][:3]), None), **kwargs
+        )

@@ -236,7 +236,6 @@ class ContrastiveModel(keras.Model):
                 "(e.g. kcl.data.pretrain_dataset(x, textures=t)). Received: a batch "
                 "without 'textures'"
             )
-        _check_rank_and_channels(textures, self.channels, "textures")
         pipeline = None
         if self.weak_negatives.pipeline is None:
             pipeline = getattr(self.augmenter, "pipelines", [None])[0]
@@ -352,6 +351,8 @@ class ContrastiveModel(keras.Model):
                 "weak_negatives=kcl.negatives.TextureNegatives() to the model or drop "
                 f"them from the data. Received: weak_negatives={getattr(self, 'weak_negatives', None)!r}"
             )
+        if textures is not None:
+            _check_rank_and_channels(textures, self.channels, "textures")
         if views is None:
             if images is None:
                 raise ValueError(
