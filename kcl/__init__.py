@@ -9,6 +9,7 @@ Public modules:
 - `kcl.methods`: SimCLR, MoCo v2, BYOL, SimSiam, NNCLR, SwAV, PIC, each a `keras.Model`.
 - `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
+- `kcl.callbacks`: `Checkpoint`, exact resume after any interruption; stops on a NaN loss.
 - `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
 - `kcl.zoo`: `load(name_or_dir)`, `list()`, presets, the weights trained here.
 - `kcl.convert`: the authors' torchvision-layout checkpoints into kcl backbones.
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 from kcl import (
     augment,  # noqa: F401
     backbones,  # noqa: F401
+    callbacks,  # noqa: F401
     convert,  # noqa: F401
     data,  # noqa: F401
     distribute,  # noqa: F401

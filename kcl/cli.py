@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 
 
 def _parse_setting(text):
@@ -157,9 +158,17 @@ def build_parser():
         "--recipe",
         default=None,
         metavar="FILE[:smoke]",
-        help="a recipe file from recipes/ whose get_config(smoke) gives the "
-        "defaults of these flags; ':smoke' takes its seconds-long CI variant. "
+        help="a recipe giving the defaults of these flags: a .json file of "
+        "settings (read as data; see recipes/README.md) or a Python file whose "
+        "get_config(smoke) returns them (run as code: only kcl's own recipes/, "
+        "or with --trust-recipe); ':smoke' takes its seconds-long CI variant. "
         "Flags given on the command line override the recipe.",
+    )
+    pretrain.add_argument(
+        "--trust-recipe",
+        action="store_true",
+        help="run a Python --recipe from outside kcl's recipes/ folder: it runs "
+        "with your rights, so read it first (a .json recipe needs no trust).",
     )
     pretrain.add_argument(
         "--window",
@@ -192,6 +201,17 @@ def build_parser():
     pretrain.add_argument("--no-export", action="store_true", help="skip the SavedModel export.")
     pretrain.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
     pretrain.add_argument("--out", default="runs/pretrain", help="output directory. Default: runs/pretrain.")
+    pretrain.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="save the whole training state to --out/checkpoints every N steps (and "
+        "at each epoch's end); the same command run again resumes from the newest "
+        "one. Default: 500.",
+    )
+    pretrain.add_argument(
+        "--keep-checkpoints", type=int, default=3, help="checkpoints kept, newest first. Default: 3."
+    )
     pretrain.add_argument("--quiet", action="store_true", help="no progress bar.")
 
     evaluate = commands.add_parser(
@@ -279,20 +299,98 @@ def build_parser():
 
 
 # ----------------------------------------------------------------- recipes
-def load_recipe(spec):
-    """`get_config(smoke)` of a recipe file, `"path.py"` or `"path.py:smoke"`.
+def _kcl_recipes_dir():
+    """kcl's own recipes/ folder, symlinks resolved; None where kcl is not a source checkout."""
+    checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    recipes = os.path.join(checkout, "recipes")
+    # A wheel ships no recipes; only a checkout (setup.cfg next to kcl/) has them.
+    if os.path.isfile(os.path.join(checkout, "setup.cfg")) and os.path.isdir(recipes):
+        return os.path.realpath(recipes)
+    return None
 
-    A recipe is a Python file of recipes/ (it runs as code: load only recipes
-    you trust) whose `get_config(smoke=False)` returns a dict of `kcl
-    pretrain` settings named like the flags' destinations (`batch_size`,
-    `set` and `augment` as dicts).
+
+def _json_recipe(path, smoke, spec):
+    """The settings of a JSON recipe: parsed as data, never run (see recipes/README.md)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"The recipe is not valid JSON ({error}). Received: --recipe={spec}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(  # noqa: TRY004 (kcl reports bad arguments as ValueError)
+            f"A JSON recipe is an object of settings. Received: {type(recipe).__name__} from --recipe={spec}"
+        )
+    recipe = dict(recipe)
+    recipe.pop("description", None)  # a note for readers, as a Python recipe's docstring
+    if "config" not in recipe:  # the flat form: the settings alone, no smoke variant
+        if smoke:
+            raise ValueError(
+                'This JSON recipe has no smoke variant; one is given as {"config": {...}, '
+                f'"smoke": {{...}}}}. Received: --recipe={spec}'
+            )
+        return recipe
+    extra = sorted(set(recipe) - {"config", "smoke"})
+    config, overrides = recipe["config"], recipe.get("smoke")
+    if extra or not isinstance(config, dict) or not isinstance(overrides, (dict, type(None))):
+        raise ValueError(
+            'A JSON recipe with "config" holds an object "config", optionally an object "smoke" '
+            f'and a "description". Received: keys={sorted(recipe)} from --recipe={spec}'
+        )
+    if not smoke:
+        return config
+    if overrides is None:
+        raise ValueError(f'This JSON recipe has no "smoke" variant. Received: --recipe={spec}')
+    config = dict(config)
+    for name, value in overrides.items():
+        # Objects (set, augment) are updated key by key, as card_recipe's
+        # smoke_set and smoke_augment; any other value replaces the config's.
+        if isinstance(value, dict) and isinstance(config.get(name), dict):
+            value = {**config[name], **value}
+        config[name] = value
+    return config
+
+
+def load_recipe(spec, trust=False):
+    """The settings of a recipe, `"path"` or `"path:smoke"`: a `.json` file, or a Python one.
+
+    A `.json` recipe is read as data: an object of `kcl pretrain` settings
+    named like the flags' destinations (`batch_size`, `set` and `augment`
+    as objects), or `{"config": {...}, "smoke": {...}}` whose `:smoke`
+    variant is `config` updated by `smoke` (see recipes/README.md). A
+    Python recipe's `get_config(smoke=False)` returns the dict; it runs as
+    code, so only a file of kcl's own recipes/ folder (symlinks resolved)
+    is imported unless `trust=True` (`--trust-recipe`). The check comes
+    before the file is read.
+
+    Args:
+        spec: the `--recipe` value.
+        trust: run a Python recipe from outside kcl's recipes/. Defaults to
+            `False`.
     """
     path, _, variant = spec.partition(":")
     if variant not in ("", "smoke"):
         raise ValueError(f"A recipe variant must be ':smoke' or none. Received: --recipe={spec}")
     if not os.path.isfile(path):
         raise ValueError(f"No such recipe file. Received: --recipe={spec}")
-    module_spec = importlib.util.spec_from_file_location("kcl_recipe", path)
+    # The file the path leads to, so a symlink into recipes/ is judged (and
+    # imported) as its target, and one out of recipes/ gains nothing.
+    real = os.path.realpath(path)
+    if real.lower().endswith(".json"):
+        return _json_recipe(real, variant == "smoke", spec)
+    if not real.endswith(".py"):
+        raise ValueError(
+            f"A recipe is a .json (data) or .py (code) file. Received: --recipe={spec} ({real})"
+        )
+    recipes = _kcl_recipes_dir()
+    if not trust and not (recipes and os.path.commonpath([real, recipes]) == recipes):
+        raise ValueError(
+            f"The recipe {real} is Python code from outside kcl's recipes/ folder "
+            f"({recipes or 'none in this install'}), and loading it would run it with "
+            "your rights. Read it, then pass --trust-recipe to run it; or write its "
+            "settings as a .json recipe, which is read as data (recipes/README.md). "
+            f"Received: --recipe={spec}"
+        )
+    module_spec = importlib.util.spec_from_file_location("kcl_recipe", real)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
@@ -308,10 +406,11 @@ def load_recipe(spec):
     return config
 
 
-def _recipe_defaults(command_parser, spec):
+def _recipe_defaults(command_parser, spec, trust=False):
     """The recipe's settings as parser defaults, checked against the flags."""
-    config = dict(load_recipe(spec))
-    known = {action.dest for action in command_parser._actions} - {"help", "recipe"}
+    config = dict(load_recipe(spec, trust=trust))
+    # Which recipe runs, and whether it may, is the command line's to say.
+    known = {action.dest for action in command_parser._actions} - {"help", "recipe", "trust_recipe"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(
@@ -320,8 +419,13 @@ def _recipe_defaults(command_parser, spec):
         )
     for name in ("set", "augment"):
         if name in config:
+            if not isinstance(config[name], dict):
+                raise ValueError(
+                    f"A recipe's {name!r} is an object of name: value settings, e.g. "
+                    f'{{"temperature": 0.2}}. Received: {name}={config[name]!r} from --recipe={spec}'
+                )
             # --set and --augment collect (name, value) pairs.
-            config[name] = list(dict(config[name]).items())
+            config[name] = list(config[name].items())
     command_parser.set_defaults(**config)
 
 
@@ -331,7 +435,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if getattr(args, "recipe", None):
         commands = next(a for a in parser._actions if a.dest == "command")
-        _recipe_defaults(commands.choices["pretrain"], args.recipe)
+        _recipe_defaults(commands.choices["pretrain"], args.recipe, trust=args.trust_recipe)
         args = parser.parse_args(argv)
     return args
 
@@ -394,19 +498,84 @@ def _load_split(args, split):
                 "Image folders need a size to resize to. Pass --image-size. "
                 "Received: --image-size=None"
             )
+        if not os.path.isdir(os.path.join(args.data, split)):
+            raise ValueError(
+                f"An image folder holds train/<class>/ and test/<class>/ subfolders; "
+                f"{os.path.join(args.data, split)} is missing. Received: --data={args.data}"
+            )
         # Folders list their files class by class; shuffle so that --*-limit
         # and the kNN monitor's first images hold every class.
         kwargs.update(shuffle=True, seed=getattr(args, "seed", 0), channels=args.channels)
-    return data.to_numpy(data.load(args.data, split, **kwargs), limit=limit)
+    elif args.data.startswith((os.sep, ".", "~")):  # a path, not a tfds name ("cifar10/3.0.2")
+        raise ValueError(
+            "No such folder (--data takes fashion_mnist, a tfds name or an image "
+            f"folder). Received: --data={args.data}"
+        )
+    try:
+        return data.to_numpy(data.load(args.data, split, **kwargs), limit=limit)
+    except (ValueError, FileNotFoundError) as error:
+        # Unknown or unprepared tfds names, folders without images.
+        raise ValueError(f"--data: {error}") from None
 
 
 def _check_output_dir(path, flag="--out"):
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+    from kcl import files
+
+    _check_not_a_file(path, flag)
+    parent = files.existing_ancestor(path)
     if not os.access(parent, os.W_OK):
-        raise ValueError(f"Cannot write to {parent}. Received: {flag}={path}")
-    os.makedirs(path, exist_ok=True)
+        raise ValueError(
+            f"Cannot write to {parent}; choose another {flag} or make the folder writable. "
+            f"Received: {flag}={path}"
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:  # e.g. root under /proc, where os.access says yes
+        raise ValueError(
+            f"Cannot create {path} ({error.strerror}); choose another {flag}. Received: {flag}={path}"
+        ) from None
+
+
+# Flags that do not change what is trained: a resumed run may change them.
+_RESUME_FREE = (
+    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command"
+)
+
+
+def _check_same_run(args):
+    """Records the run's settings in --out/run.json; a resumed run must repeat them."""
+    path = os.path.join(args.out, "run.json")
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _RESUME_FREE}
+    settings = json.loads(json.dumps(settings, default=str))
+    if os.path.exists(os.path.join(args.out, "checkpoints")) and os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            flags = ", ".join(f"--{k.replace('_', '-')}={before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{args.out} holds checkpoints of a run with other settings ({flags}). Repeat that "
+                f"run's command to resume it, or train into a new --out. Received: --out={args.out}"
+            )
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=1)
+
+
+def _read_history(path):
+    """history.csv as `{name: [value per epoch]}`, an epoch written twice kept once."""
+    import csv
+
+    rows = {}
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                rows[int(row.pop("epoch"))] = row
+    names = sorted({name for row in rows.values() for name in row})
+
+    def number(text):  # CSVLogger writes "NA" for a value an epoch lacks
+        return float("nan") if text in (None, "", "NA") else float(text)
+
+    return {name: [number(rows[epoch].get(name)) for epoch in sorted(rows)] for name in names}
 
 
 def _schedule(peak, total_steps, warmup_steps):
@@ -421,9 +590,17 @@ def _schedule(peak, total_steps, warmup_steps):
     )
 
 
+def _check_optimizer_flags(args):
+    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
+        least = "positive" if flag == "--lr" else "non-negative"
+        if value is not None and not (value > 0 if flag == "--lr" else value >= 0):
+            raise ValueError(f"{flag} must be {least}. Received: {flag}={value}")
+
+
 def _optimizer(args, steps_per_epoch, epochs):
     import keras
 
+    _check_optimizer_flags(args)
     total = epochs * steps_per_epoch
     # Warm up for --warmup-epochs, or a tenth of the run when that is shorter.
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total // 10)
@@ -493,13 +670,22 @@ def cmd_pretrain(args):
 
     import kcl
 
-    for flag, least in (("epochs", 1), ("batch_size", 1), ("knn_bank", 1), ("knn_every", 0), ("warmup_epochs", 0)):
+    for flag, least in (
+        ("epochs", 1),
+        ("batch_size", 2),
+        ("knn_bank", 1),
+        ("knn_every", 0),
+        ("warmup_epochs", 0),
+        ("checkpoint_every", 1),
+        ("keep_checkpoints", 1),
+    ):
         value = getattr(args, flag)
         if value < least:
             name = "--" + flag.replace("_", "-")
             raise ValueError(f"{name} must be at least {least}. Received: {name}={value}")
     if args.width <= 0:
         raise ValueError(f"--width must be positive. Received: --width={args.width}")
+    _check_optimizer_flags(args)
     # Names are checked before the (slow) data loading, and errors name the flag.
     try:
         method_cls = kcl.methods.get(args.method)
@@ -511,6 +697,7 @@ def cmd_pretrain(args):
             f"Received: --backbone={args.backbone}"
         )
     _check_output_dir(args.out)
+    _check_same_run(args)
     keras.utils.set_random_seed(args.seed)
 
     x_train, y_train = _load_split(args, "train")
@@ -588,15 +775,27 @@ def cmd_pretrain(args):
         # An unknown name, or a value of the wrong type, given through --set.
         raise ValueError(f"--set: {error}") from None
     model.compile(optimizer=_optimizer(args, steps_per_epoch, epochs))
+    # All of the run's state goes to --out/checkpoints; the same command
+    # resumes from the newest, with the batches it would have seen next.
+    checkpoint = kcl.callbacks.Checkpoint(
+        os.path.join(args.out, "checkpoints"), every=args.checkpoint_every, keep=args.keep_checkpoints
+    )
+    start, total = checkpoint.initial_step, epochs * steps_per_epoch
     probe_labels = None if args.no_probe else y_train
     if scheduler is None:
         dataset = kcl.data.pretrain_dataset(
-            x_train, probe_labels, batch_size=args.batch_size, seed=args.seed, textures=textures
+            x_train,
+            probe_labels,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            textures=textures,
+            epochs=epochs,
+            initial_step=min(start, total - 1),
         )
     else:
         dataset = kcl.data.sliding_window_dataset(
-            x_train, scheduler, args.batch_size, epochs, labels=probe_labels
-        )
+            x_train, scheduler, args.batch_size, epochs, initial_epoch=min(start // steps_per_epoch, epochs - 1), labels=probe_labels
+        ).skip(start % steps_per_epoch)
 
     callbacks = []
     if args.knn_every:
@@ -604,10 +803,10 @@ def cmd_pretrain(args):
         callbacks.append(
             kcl.eval.KNNMonitor((x_train[:bank], y_train[:bank]), (x_test, y_test), every=args.knn_every)
         )
-    callbacks += [
-        keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv")),
-        keras.callbacks.ModelCheckpoint(os.path.join(args.out, "model.keras")),
-    ]
+    # The CSV row of an epoch is written before its checkpoint: a run killed
+    # in between repeats the row, which _read_history keeps once.
+    history_csv = os.path.join(args.out, "history.csv")
+    callbacks += [keras.callbacks.CSVLogger(history_csv, append=start > 0), checkpoint]
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False))
     print(
@@ -618,19 +817,24 @@ def cmd_pretrain(args):
         flush=True,
     )
     started = time.time()
-    history = model.fit(
-        dataset,
-        epochs=epochs,
-        steps_per_epoch=None if scheduler is None else steps_per_epoch,
-        callbacks=callbacks,
-        verbose=0 if args.quiet else 1,
-    )
+    if start < total:
+        model.fit(
+            dataset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=0 if args.quiet else 1,
+        )
+    else:
+        print(f"kcl: the run in {args.out} has finished training; evaluating it again.", flush=True)
+        checkpoint.restore(model)
     train_seconds = time.time() - started
     model.save(os.path.join(args.out, "model.keras"))
+    history = _read_history(history_csv)
     # Epochs the kNN monitor skipped hold NaN, written as JSON null.
     logs = {
         key: [None if isinstance(value, float) and math.isnan(value) else value for value in values]
-        for key, values in history.history.items()
+        for key, values in history.items()
     }
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(logs, f, indent=1)
@@ -682,15 +886,65 @@ def _load_model(path):
         raise ValueError(f"No such model file. Received: --model={path}")
     if not path.endswith(".keras"):
         raise ValueError(f"--model must be a .keras file. Received: --model={path}")
-    return keras.models.load_model(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            "--model is not a .keras archive (the zip file model.save writes); it may be "
+            f"damaged or cut off: save or copy it again. Received: --model={path}"
+        )
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+        cause = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ValueError(
+            f"--model could not be loaded ({cause}); save the model again with "
+            f"`kcl pretrain` or model.save. Received: --model={path}"
+        ) from None
+
+
+def _check_not_a_file(path, flag):
+    """`ValueError` naming `flag` when `path` or a folder above it is a file (no folder can go there)."""
+    from kcl import files
+
+    probe = files.existing_ancestor(path)
+    if not os.path.isdir(probe):
+        raise ValueError(
+            f"Cannot write {path}: {probe} is a file, not a folder. Choose another "
+            f"{flag}. Received: {flag}={path}"
+        )
+
+
+def _check_images_fit(args, model, images):
+    """`ValueError` naming --channels or --image-size when the data does not fit the model's encoder."""
+    want = tuple(getattr(model, "encoder", model).input_shape[1:])
+    got = tuple(images.shape[1:])
+    if want[-1] is not None and got[-1] != want[-1]:
+        raise ValueError(
+            f"The model takes {want[-1]}-channel images but --data gives {got[-1]}-channel "
+            f"ones; pass --channels {want[-1]} (image folders). Received: --channels={args.channels}"
+        )
+    if want[0] is not None and (want[0], want[1]) != got[:2]:
+        raise ValueError(
+            f"The model takes {want[0]}x{want[1]} images but --data gives {got[0]}x{got[1]}; "
+            f"pass --image-size {want[0]}. Received: --image-size={args.image_size}"
+        )
 
 
 def cmd_eval(args):
     import kcl
 
+    # Flag mistakes first, before the (slow) model, data and evaluation.
+    if args.textures and not args.robustness:
+        raise ValueError(f"--textures goes with --robustness. Received: --textures={args.textures}")
+    if args.json and os.path.isdir(args.json):
+        raise ValueError(f"--json is the path of a file to write, not a folder. Received: --json={args.json}")
+    if args.json:
+        _check_not_a_file(os.path.dirname(os.path.abspath(args.json)), "--json")
+    if args.robustness:
+        _check_not_a_file(args.robustness, "--robustness")
     model = _load_model(args.model)
     train = _load_split(args, "train")
     test = _load_split(args, "test")
+    _check_images_fit(args, model, train[0])
     features = (kcl.eval.embed(model, train[0]), kcl.eval.embed(model, test[0]))
     table = _knn_table(train, test, features)
     linear = None
@@ -703,8 +957,6 @@ def cmd_eval(args):
     results = {"knn": table, "linear_probe": linear}
     if args.robustness:
         results["robustness"] = _robustness(args, model, train, test, features)
-    elif args.textures:
-        raise ValueError(f"--textures goes with --robustness. Received: --textures={args.textures}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -773,6 +1025,7 @@ def cmd_export(args):
 
     if args.image_size is not None and args.image_size < 1:
         raise ValueError(f"--image-size must be at least 1. Received: --image-size={args.image_size}")
+    _check_not_a_file(args.out, "--out")
     model = _load_model(args.model)
     size = None if args.image_size is None else (args.image_size, args.image_size)
     _check_output_dir(os.path.dirname(os.path.abspath(args.out)))
@@ -786,6 +1039,7 @@ def cmd_export(args):
 def cmd_build_textures(args):
     from kcl import negatives
 
+    _check_not_a_file(args.out, "--out")
     images, _ = _load_split(args, args.split)
     written = negatives.build_texture_folder(
         images,
@@ -820,6 +1074,9 @@ def main(argv=None):
         # User errors get one clear line, not a stack trace.
         print(f"kcl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # kcl.callbacks.NonFiniteLossError
+        print(f"kcl {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -63,7 +63,6 @@ import collections.abc
 import contextlib
 import difflib
 import fnmatch
-import hashlib
 import json
 import numbers
 import os
@@ -72,7 +71,7 @@ import pickle
 import keras
 import numpy as np
 
-from kcl import backbones
+from kcl import backbones, files
 
 # Keys no kcl backbone has a weight for, skipped in every checkpoint.
 ALWAYS_IGNORED = ("fc.*", "*num_batches_tracked")
@@ -259,8 +258,18 @@ def read_checkpoint(path):
         raise FileNotFoundError(f"No checkpoint file at this path. Received: path={path!r}")
     lower = path.lower()
     if lower.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            content = {key: data[key] for key in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                content = {key: data[key] for key in data.files}
+        except ValueError as error:  # an object array, or a pickle named .npz
+            if "pickle" not in str(error):
+                raise
+            raise ValueError(
+                "The .npz file holds pickled Python objects (an object array, or a "
+                "pickle rather than NumPy arrays), and kcl never unpickles: unpickling "
+                "can run any code. Save plain numeric arrays (`np.savez(path, **arrays)`). "
+                f"Received: path={path!r}"
+            ) from None
     elif lower.endswith(".safetensors"):
         content = _read_safetensors(path)
     elif lower.endswith(_TORCH_SUFFIXES):
@@ -398,7 +407,7 @@ def _download(name, entry, cache_dir):
             f"again. Received: name={name!r}"
         ) from error
     if entry["md5"]:
-        digest = _md5(path)
+        digest = files.digest(path, "md5")
         if not digest.startswith(entry["md5"]):
             raise ValueError(
                 f"The file {path} has md5 {digest}, but the authors publish one "
@@ -407,14 +416,6 @@ def _download(name, entry, cache_dir):
                 f"Received: name={name!r}"
             )
     return path
-
-
-def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _did_you_mean(name):

@@ -209,17 +209,26 @@ def load_image_folder(directory, image_size, channels=3, shuffle=False, seed=Non
         )
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels}")
-    dataset = keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        label_mode="int",
-        color_mode="grayscale" if channels == 1 else "rgb",
-        batch_size=None,
-        image_size=tuple(image_size),
-        shuffle=shuffle,
-        seed=seed,
-        verbose=False,
-    )
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            directory,
+            labels="inferred",
+            label_mode="int",
+            color_mode="grayscale" if channels == 1 else "rgb",
+            batch_size=None,
+            image_size=tuple(image_size),
+            shuffle=shuffle,
+            seed=seed,
+            verbose=False,
+        )
+    except ValueError as error:
+        if "No images found" not in str(error):
+            raise
+        raise ValueError(
+            "No images found: an image folder holds one subfolder per class with "
+            ".png, .jpg, .bmp or .gif files in it (<directory>/<class name>/<image>). "
+            f"Received: directory={directory!r}"
+        ) from None
     return dataset.map(
         lambda image, label: (
             tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
@@ -264,7 +273,9 @@ def _check_aligned(name, values, count):
         )
 
 
-def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0, textures=None):
+def pretrain_dataset(
+    images, labels=None, batch_size=256, shuffle=True, seed=0, textures=None, epochs=None, initial_step=0
+):
     """A batched, shuffled, prefetched `tf.data.Dataset` for `fit`.
 
     Drops the last incomplete batch so every step has the same static shape
@@ -272,23 +283,46 @@ def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0, 
     `images`, `(images, labels)`, or with `textures` the dict
     `{"images", "textures"[, "label"]}`, each texture shuffled with its image.
 
+    Two forms:
+
+    - `epochs=None`: one epoch, reshuffled each time `fit` iterates it
+      (`fit(ds, epochs=10)`).
+    - `epochs=E`: all the epochs back to back, epoch `e` in the order of a
+      stateless shuffle seeded by `(seed, e)`, starting at global step
+      `initial_step` (batch `initial_step mod S` of epoch
+      `initial_step // S`, with `S = N // batch_size` steps per epoch).
+      Give `fit` the steps of an epoch. The batches from any step on are
+      those a run from step 0 sees, so `kcl.callbacks.Checkpoint` resumes a
+      run exactly: pass `initial_step=checkpoint.initial_step`.
+
     Args:
         images: uint8 array `[N, H, W, C]`.
         labels: int array `[N]` for the online probe, or `None`.
         batch_size: global batch size. Defaults to `256`.
-        shuffle: reshuffle each epoch. Defaults to `True`.
+        shuffle: shuffle (each epoch anew). Defaults to `True`.
         seed: shuffle seed. Defaults to `0`.
         textures: uint8 array `[N, H', W', C]`, texture `i` of image `i`
             (`kcl.negatives.load_texture_folder`), for
             `kcl.negatives.TextureNegatives`; or `None`. Defaults to `None`.
+        epochs: the number of epochs `fit` runs, for the resumable form, or
+            `None`. Defaults to `None`.
+        initial_step: first global step of the resumable form. Defaults to `0`.
 
     Example:
 
     >>> ds = kcl.data.pretrain_dataset(x_train, y_train, batch_size=256)
     >>> model.fit(ds, epochs=10)
+
+    Resumable:
+
+    >>> checkpoint = kcl.callbacks.Checkpoint("runs/ckpt", every=100)
+    >>> ds = kcl.data.pretrain_dataset(x_train, batch_size=256, epochs=10,
+    ...                                initial_step=checkpoint.initial_step)
+    >>> model.fit(ds, epochs=10, steps_per_epoch=len(x_train) // 256, callbacks=[checkpoint])
     """
     import tensorflow as tf
 
+    batch_size = _check_int("batch_size", batch_size, 1)
     if len(images) < batch_size:
         raise ValueError(
             f"The dataset has {len(images)} images, fewer than one batch; lower "
@@ -302,10 +336,38 @@ def pretrain_dataset(images, labels=None, batch_size=256, shuffle=True, seed=0, 
             elements["label"] = labels
     else:
         elements = images if labels is None else (images, labels)
-    dataset = tf.data.Dataset.from_tensor_slices(elements)
-    if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if epochs is None:
+        if initial_step:
+            raise ValueError(
+                "`initial_step` needs `epochs` (the resumable form of the dataset). "
+                f"Received: initial_step={initial_step!r}, epochs=None"
+            )
+        dataset = tf.data.Dataset.from_tensor_slices(elements)
+        if shuffle:
+            dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    steps = len(images) // batch_size
+    epochs = _check_int("epochs", epochs, 1)
+    initial_step = _check_int("initial_step", initial_step, 0, epochs * steps, "epochs * steps per epoch")
+    count = len(images)
+    base = tf.constant([seed, 1], tf.int64)
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
+
+    def epoch_batches(epoch):
+        order = tf.range(count, dtype=tf.int64)
+        if shuffle:
+            key = tf.random.experimental.stateless_fold_in(base, epoch)
+            order = tf.random.experimental.stateless_shuffle(order, seed=key)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+
+    def gather(index):
+        return tf.nest.map_structure(lambda t: tf.gather(t, index), tensors)
+
+    first_epoch = min(initial_step // steps, epochs - 1)
+    dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
+    dataset = dataset.skip(initial_step - first_epoch * steps)
+    return dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------- checking
@@ -343,6 +405,7 @@ def _first_batch(x, y, batch_size):
     if n == 0:
         raise ValueError("The dataset is empty. Received: x with 0 images")
     _check_aligned("textures", textures, n)
+    _check_aligned("labels", labels, n)
     size = min(n, batch_size or 32)
     return images, views, labels, textures, size
 
@@ -377,11 +440,39 @@ def _check_raw_images(images, channels, name):
             )
 
 
-def check_fit_inputs(x, y=None, batch_size=None, channels=None, num_classes=None, num_replicas=1):
+def _check_labels(labels, num_classes):
+    labels = np.asarray(labels)
+    if labels.ndim > 1 and labels.shape[1:] != (1,) * (labels.ndim - 1):
+        raise ValueError(
+            "Labels must be class indices of shape [N], not one-hot rows (convert "
+            f"with y.argmax(-1)). Received: labels.shape={labels.shape}"
+        )
+    if not labels.size:
+        return
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise ValueError(f"Labels must be integer class indices. Received: labels.dtype={labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
+        fraction = labels[labels != np.round(labels)].flat[0]
+        raise ValueError(
+            "Labels must be integer class indices (the online probe would "
+            f"truncate them). Received: labels with the value {fraction:g}"
+        )
+    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"Labels must be integers in [0, {num_classes}). Received: labels "
+            f"in [{labels.min():g}, {labels.max():g}] with num_classes={num_classes}"
+        )
+
+
+def check_fit_inputs(
+    x, y=None, batch_size=None, channels=None, num_classes=None, num_replicas=1, image_size=None
+):
     """Checks what `ContrastiveModel.fit` receives; raises `ValueError` naming the argument.
 
     Looks at numpy inputs whole and at the first batch of a `tf.data.Dataset`.
-    Other inputs (generators, `PyDataset`) pass unchecked.
+    Other inputs (generators, `PyDataset`) pass unchecked. `image_size` is
+    the encoder's static `(height, width)` (entries `None` when it takes any
+    size), which precomputed views must have.
     """
     import tensorflow as tf
 
@@ -400,13 +491,21 @@ def check_fit_inputs(x, y=None, batch_size=None, channels=None, num_classes=None
                 "Precomputed views must be float in [0, 1], as the augmenters "
                 f"produce. Received: views[{i}] with values in [{view.min():g}, {view.max():g}]"
             )
-    if labels is not None and num_classes is not None:
-        labels = np.asarray(labels)
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        fixed = tuple(image_size or (None, None))
+        if any(want is not None and want != got for want, got in zip(fixed, view.shape[1:3])):
             raise ValueError(
-                f"Labels must be integers in [0, {num_classes}). Received: labels "
-                f"in [{labels.min()}, {labels.max()}] with num_classes={num_classes}"
+                f"The encoder takes {fixed[0]}x{fixed[1]} views; resize or crop the "
+                f"views to that size (or build the encoder with input_shape=(None, None, "
+                f"C)). Received: views[{i}].shape={view.shape}"
             )
+    if labels is not None:
+        _check_labels(labels, num_classes)
+    if size is not None and size < 2:
+        raise ValueError(
+            "A batch needs at least 2 images: contrastive losses compare each "
+            "image with the rest of its batch, and batch norm needs batch "
+            f"statistics. Use batch_size >= 2 (and at least 2 images). Received: batch_size={size}"
+        )
     if size is not None and size % num_replicas:
         raise ValueError(
             f"The global batch ({size}) must split evenly over the {num_replicas} "

@@ -31,6 +31,57 @@ def num_replicas():
     return ctx.num_replicas_in_sync
 
 
+def in_multi_worker_mode(strategy=None):
+    """Whether `strategy` (default: the current one) spans several workers.
+
+    True under a `MultiWorkerMirroredStrategy` whose cluster (`TF_CONFIG`)
+    has more than one worker: it then has more replicas in sync than devices
+    on this worker. False outside any strategy and for single-host ones.
+    """
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+    )
+
+
+def replica_batch_size(dataset, strategy):
+    """Static per-replica batch size of a dataset of global batches, when it is lost.
+
+    Under a multi-worker `MultiWorkerMirroredStrategy`, `fit` hands each
+    replica its `b = B / R` rows of a global batch with the batch dimension
+    unknown (`None`), even when the dataset's is static (batched with
+    `drop_remainder=True`): TensorFlow allows for uneven last batches across
+    workers. Queues need the static `b` when the step is traced. Returns `b`
+    in that case (see `with_batch_size`), else `None` (single host, where the
+    static shape survives, or a dataset without a static batch dimension).
+    """
+    if not (isinstance(dataset, tf.data.Dataset) and in_multi_worker_mode(strategy)):
+        return None
+    specs = [s for s in tf.nest.flatten(dataset.element_spec) if isinstance(s, tf.TensorSpec)]
+    specs = [s for s in specs if s.shape.rank]  # batched tensors, not scalars
+    if not specs or specs[0].shape[0] is None:
+        return None
+    return int(specs[0].shape[0]) // strategy.num_replicas_in_sync
+
+
+def with_batch_size(data, batch_size):
+    """`data` with the unknown leading (batch) dimension of its tensors set to `batch_size`.
+
+    Checked when the step runs (`tf.ensure_shape`): a batch of another size
+    fails with the shapes in the message. `batch_size=None` returns `data`.
+    """
+    if batch_size is None:
+        return data
+
+    def restore(t):
+        if not isinstance(t, tf.Tensor) or not t.shape.rank or t.shape[0] is not None:
+            return t
+        return tf.ensure_shape(t, [batch_size] + [None] * (t.shape.rank - 1))
+
+    return tf.nest.map_structure(restore, data)
+
+
 def replica_id():
     """Index of this replica in its sync group, as an int32 scalar tensor."""
     ctx = _replica_context()

@@ -21,9 +21,39 @@ def embed(encoder, images, batch_size=512):
     import tensorflow as tf
 
     encoder = getattr(encoder, "encoder", encoder)
+    _check_images(encoder, images)
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     dataset = dataset.map(lambda x: tf.cast(x, "float32") / 255.0)
     return np.asarray(encoder.predict(dataset, verbose=0), dtype="float32")
+
+
+def _check_images(encoder, images):
+    """`ValueError` unless `images` is a finite `[N, H, W, C]` batch that `encoder` takes."""
+    shape = tuple(np.shape(images))
+    if len(shape) != 4:
+        raise ValueError(
+            "`images` must be a batch of shape [N, H, W, C] (add a channel axis to "
+            f"grey images: x[..., None]). Received: images.shape={shape}"
+        )
+    want = tuple(getattr(encoder, "input_shape", (None,) * 4))
+    if len(want) == 4 and want[-1] is not None and shape[-1] != want[-1]:
+        raise ValueError(f"The encoder takes {want[-1]}-channel images. Received: images.shape={shape}")
+    if len(want) == 4 and any(w is not None and w != g for w, g in zip(want[1:3], shape[1:3])):
+        raise ValueError(
+            f"The encoder takes {want[1]}x{want[2]} images; resize them to that size. "
+            f"Received: images.shape={shape}"
+        )
+    array = np.asarray(images)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError("`images` contain NaN or Inf. Received: images with non-finite values")
+
+
+def _check_one_label_each(features, labels, name):
+    if len(features) != len(np.reshape(labels, [-1])):
+        raise ValueError(
+            f"One label per feature is needed. Received: {len(features)} features "
+            f"and {name}.shape={np.shape(labels)}"
+        )
 
 
 def pixels(images):
@@ -147,6 +177,7 @@ def fit_linear_probe(
         f = np.asarray(f, "float32")
         return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
+    _check_one_label_each(train_features, train_labels, "train_labels")
     train_x = unit(train_features)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
 
@@ -193,6 +224,8 @@ def linear_probe(
         Test top-1 accuracy as a float.
     """
     test_labels = np.asarray(test_labels)
+    _check_one_label_each(train_features, train_labels, "train_labels")
+    _check_one_label_each(test_features, test_labels, "test_labels")
     num_classes = int(max(np.max(train_labels), test_labels.max()) + 1)
     predict = fit_linear_probe(
         train_features, train_labels, num_classes, epochs, batch_size, learning_rate,

@@ -17,10 +17,13 @@ or, inside a Keras model, `keras.layers.TFSMLayer("saved_model",
 call_endpoint="serving_default")`.
 """
 
+import numbers
 import os
 
 import keras
 import tensorflow as tf
+
+from kcl import files
 
 
 def _encoder_of(model):
@@ -115,6 +118,20 @@ def export_saved_model(model, path, image_size=None, verbose=True, raw_features=
     if not isinstance(encoder, keras.Model):
         raise ValueError(
             f"`model` must be a kcl method or a keras.Model encoder. Received: model={model!r}"
+        )
+    if image_size is not None and not (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in image_size)
+    ):
+        raise ValueError(
+            f"`image_size` must be (height, width), two positive integers. Received: image_size={image_size!r}"
+        )
+    probe = files.existing_ancestor(path)
+    if not os.path.isdir(probe):
+        raise ValueError(
+            f"A SavedModel is a folder, but {probe} is a file; choose another path. "
+            f"Received: path={path!r}"
         )
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)

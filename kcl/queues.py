@@ -109,7 +109,8 @@ class FeatureQueue(keras.layers.Layer):
             raise ValueError(
                 f"The queue size ({self.size}) must be a multiple of the global "
                 f"batch size ({global_batch}) so that batches never wrap around "
-                f"its end; choose e.g. size={self.size - self.size % int(global_batch) or int(global_batch)}. "
+                f"its end; choose e.g. size={self.size - self.size % int(global_batch) or int(global_batch)} "
+                "(a method's `queue_size`), or a batch size that divides it. "
                 f"Received: size={self.size}, global_batch={global_batch}"
             )
 

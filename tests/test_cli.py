@@ -339,10 +339,10 @@ def test_recipe_settings_become_defaults_and_flags_override_them(tmp_path):
         "    return {'method': 'byol', 'epochs': 1 if smoke else 300, 'batch_size': 64,\n"
         "            'set': {'temperature': 0.3}, 'augment': {'crop_scale': [0.2, 1.0]}}\n",
     )
-    args = cli.parse_args(["pretrain", "--recipe", recipe])
+    args = cli.parse_args(["pretrain", "--recipe", recipe, "--trust-recipe"])
     assert (args.method, args.epochs, args.batch_size) == ("byol", 300, 64)
     assert args.set == [("temperature", 0.3)] and args.augment == [("crop_scale", [0.2, 1.0])]
-    args = cli.parse_args(["pretrain", "--recipe", recipe + ":smoke", "--batch-size", "32"])
+    args = cli.parse_args(["pretrain", "--recipe", recipe + ":smoke", "--trust-recipe", "--batch-size", "32"])
     assert (args.epochs, args.batch_size) == (1, 32)
 
 
@@ -360,7 +360,115 @@ def test_recipe_settings_become_defaults_and_flags_override_them(tmp_path):
 )
 def test_bad_recipes_give_one_line_errors(tmp_path, capsys, body, suffix, needles):
     recipe = str(tmp_path / "missing.py") if body is None else write_recipe(tmp_path, body)
-    code, _, err = run(["pretrain", "--recipe", recipe + suffix, "--out", str(tmp_path / "o")], capsys)
+    argv = ["pretrain", "--recipe", recipe + suffix, "--trust-recipe", "--out", str(tmp_path / "o")]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+# A recipe that leaves a mark when it is imported: refused, it must not be.
+MARKING_RECIPE = (
+    "import pathlib\n"
+    "pathlib.Path(__file__).with_name('ran').write_text('recipe code ran')\n"
+    "def get_config(smoke=False):\n"
+    "    return {'epochs': 7}\n"
+)
+
+
+def test_python_recipe_from_outside_recipes_is_refused_before_it_runs(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, MARKING_RECIPE)
+    code, _, err = run(["pretrain", "--recipe", recipe, "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(
+        code, err, "Python code from outside kcl's recipes/", "--trust-recipe", ".json recipe",
+        f"Received: --recipe={recipe}",
+    )
+    with pytest.raises(ValueError, match="--trust-recipe"):
+        cli.load_recipe(recipe + ":smoke")
+    assert not (tmp_path / "ran").exists()
+    # Trusted by the user, the same file runs.
+    assert cli.parse_args(["pretrain", "--recipe", recipe, "--trust-recipe"]).epochs == 7
+    assert (tmp_path / "ran").exists()
+
+
+def test_only_files_inside_kcl_recipes_run_without_trust(tmp_path, monkeypatch):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert cli._kcl_recipes_dir() == os.path.realpath(os.path.join(repo, "recipes"))
+    for recipe in RECIPES:  # kcl's own run untrusted
+        assert isinstance(cli.load_recipe(recipe + ":smoke"), dict), recipe
+
+    recipes, outside = tmp_path / "recipes", tmp_path / "outside"
+    recipes.mkdir()
+    outside.mkdir()
+    monkeypatch.setattr(cli, "_kcl_recipes_dir", lambda: str(recipes))
+    (recipes / "good.py").write_text("def get_config(smoke=False):\n    return {'epochs': 3}\n")
+    evil = outside / "evil.py"
+    evil.write_text(MARKING_RECIPE)
+    assert cli.load_recipe(str(recipes / "good.py")) == {"epochs": 3}
+    # A symlink in recipes/ is judged by its target, and so is a `..` path.
+    (recipes / "link.py").symlink_to(evil)
+    for spec in (recipes / "link.py", recipes / ".." / "outside" / "evil.py"):
+        with pytest.raises(ValueError, match=r"outside kcl's recipes/.*Received: --recipe="):
+            cli.load_recipe(str(spec))
+    assert not (outside / "ran").exists()
+    # A symlink elsewhere to a file of recipes/ is that file.
+    (outside / "alias.py").symlink_to(recipes / "good.py")
+    assert cli.load_recipe(str(outside / "alias.py")) == {"epochs": 3}
+
+
+def write_json_recipe(tmp_path, recipe):
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe if isinstance(recipe, str) else json.dumps(recipe))
+    return str(path)
+
+
+def test_json_recipe_settings_and_smoke_overrides(tmp_path):
+    recipe = write_json_recipe(tmp_path, {
+        "description": "BYOL, 300 epochs; smoke: seconds.",
+        "config": {"method": "byol", "epochs": 300, "batch_size": 64,
+                   "set": {"temperature": 0.3, "queue_size": 4096}, "augment": {"crop_scale": [0.2, 1.0]}},
+        "smoke": {"epochs": 1, "set": {"queue_size": 32}},
+    })
+    args = cli.parse_args(["pretrain", "--recipe", recipe])
+    assert (args.method, args.epochs, args.batch_size) == ("byol", 300, 64)
+    assert args.set == [("temperature", 0.3), ("queue_size", 4096)]
+    args = cli.parse_args(["pretrain", "--recipe", recipe + ":smoke", "--batch-size", "32"])
+    assert (args.method, args.epochs, args.batch_size) == ("byol", 1, 32)
+    # Objects are updated key by key, other values replaced.
+    assert args.set == [("temperature", 0.3), ("queue_size", 32)]
+    assert args.augment == [("crop_scale", [0.2, 1.0])]
+    # The flat form: the settings alone.
+    flat = write_json_recipe(tmp_path, {"method": "simsiam", "epochs": 2})
+    assert cli.parse_args(["pretrain", "--recipe", flat]).method == "simsiam"
+
+
+def test_a_python_recipe_written_as_json_gives_the_same_flags(tmp_path):
+    python = next(r for r in RECIPES if r.endswith("mocov2_fmnist.py"))
+    recipe = write_json_recipe(
+        tmp_path, {"config": cli.load_recipe(python), "smoke": cli.load_recipe(python + ":smoke")}
+    )
+    for suffix in ("", ":smoke"):
+        from_json = vars(cli.parse_args(["pretrain", "--recipe", recipe + suffix]))
+        from_python = vars(cli.parse_args(["pretrain", "--recipe", python + suffix]))
+        assert from_json.pop("recipe") == recipe + suffix
+        assert from_python.pop("recipe") == python + suffix
+        assert from_json == from_python
+
+
+@pytest.mark.parametrize(
+    "recipe, suffix, needles",
+    [
+        ("{'epochs': 3}", "", ["not valid JSON", "--recipe="]),
+        ([1], "", ["object of settings", "list"]),
+        ({"epochs": 3}, ":smoke", ["no smoke variant", '"smoke"']),
+        ({"config": {"epochs": 3}}, ":smoke", ['no "smoke" variant']),
+        ({"config": {"epochs": 3}, "smok": {}}, "", ["smok", '"config"']),
+        ({"config": [1]}, "", ['object "config"']),
+        ({"epoch": 3}, "", ["epoch", "no flag"]),
+        ({"trust_recipe": True}, "", ["trust_recipe", "no flag"]),
+    ],
+)
+def test_bad_json_recipes_give_one_line_errors(tmp_path, capsys, recipe, suffix, needles):
+    path = write_json_recipe(tmp_path, recipe)
+    code, _, err = run(["pretrain", "--recipe", path + suffix, "--out", str(tmp_path / "o")], capsys)
     assert_one_line_error(code, err, *needles)
 
 

@@ -234,6 +234,64 @@ def test_npz_round_trip(small_state, tmp_path):
     _check_features(model, _torch_forward(state, _images(), MEAN, STD), _images())
 
 
+class _LeavesAMark:
+    """Unpickling it creates the folder `path`: the proof that a pickle ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_pickled_objects_in_an_npz_are_refused(tmp_path):
+    import pickle
+
+    marker = str(tmp_path / "unpickled")
+    object_array = tmp_path / "objects.npz"
+    np.savez(object_array, weight=np.zeros(3), evil=np.array([_LeavesAMark(marker)], dtype=object))
+    disguised = tmp_path / "disguised.npz"  # a pickle, not a zip of arrays
+    disguised.write_bytes(pickle.dumps({"weight": _LeavesAMark(marker)}))
+    for path in (object_array, disguised):
+        with pytest.raises(ValueError, match=r"pickled Python objects.*never unpickles.*Received: path="):
+            kconvert.read_checkpoint(path)
+    assert not (tmp_path / "unpickled").exists()
+
+
+class _FakeTorch:
+    """Stands in for torch: records how `torch.load` is called; refuses like weights_only=True."""
+
+    def __init__(self, error=None):
+        import contextlib
+        import types
+
+        self.calls, self.error = [], error
+        self.serialization = types.SimpleNamespace(safe_globals=lambda names: contextlib.nullcontext())
+
+    def load(self, path, **kwargs):
+        self.calls.append(kwargs)
+        if self.error:
+            raise self.error
+        return {"conv1.weight": np.zeros((2, 3, 1, 1), "float32")}
+
+
+def test_torch_files_are_read_with_weights_only(monkeypatch, tmp_path):
+    import pickle
+
+    path = tmp_path / "ckpt.pth"
+    path.write_bytes(b"read by the fake")
+    torch = _FakeTorch()
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    assert set(kconvert.read_checkpoint(path)) == {"conv1.weight"}
+    assert torch.calls == [{"map_location": "cpu", "weights_only": True}]
+    # What torch raises for a checkpoint with objects beyond tensors.
+    monkeypatch.setitem(sys.modules, "torch", _FakeTorch(pickle.UnpicklingError("Weights only load failed")))
+    with pytest.raises(ValueError, match=r"never unpickles arbitrary objects.*Received: path="):
+        kconvert.read_checkpoint(path)
+
+
 def _write_safetensors(path, arrays, dtypes):
     header, chunks, offset = {}, [], 0
     for key, array in arrays.items():

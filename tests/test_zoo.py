@@ -2,6 +2,7 @@ import configparser
 import inspect
 import json
 import pathlib
+import re
 
 import keras
 import numpy as np
@@ -372,3 +373,215 @@ def test_every_imagenet_card_builds_its_model(name):
     model = zoo.load(name, weights="random")
     assert type(model) is kcl.methods.get(card["method"])
     assert model.encoder.name == card["backbone"]
+
+
+# ------------------------------------------------------- safe loading
+EVIL_OBJECTS = {
+    "subprocess.Popen": lambda marker: {"module": "subprocess", "class_name": "Popen",
+                                        "config": {"args": ["touch", str(marker)]}, "registered_name": None},
+    "os.system": lambda marker: {"module": "os", "class_name": "function", "config": "system",
+                                 "registered_name": None},
+    "builtins.eval": lambda marker: {"module": "builtins", "class_name": "function", "config": "eval",
+                                     "registered_name": None},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory):
+    """A saved tiny SimCLR preset and its features on four images."""
+    directory = tmp_path_factory.mktemp("tiny") / "preset"
+    model = tiny_simclr()
+    zoo.save_preset(model, directory)
+    images = checks.random_images(4)
+    return directory, images, model(images).numpy()
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
+@pytest.mark.parametrize("evil", sorted(EVIL_OBJECTS))
+def test_preset_naming_a_class_or_function_of_any_module_is_refused(evil, nested, tiny_preset, tmp_path):
+    # Keras' safe mode imports no module outside Keras' own: a config naming
+    # os, subprocess or builtins, as the model or as one of its layers, fails.
+    source, _, _ = tiny_preset
+    marker = tmp_path / "ran"
+    config = json.loads((source / "config.json").read_text())
+    if nested:  # one layer of the encoder
+        layer = config["config"]["encoder"]["config"]["layers"][2]
+        layer.update(EVIL_OBJECTS[evil](marker))
+    else:
+        config = EVIL_OBJECTS[evil](marker)
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    (preset / "config.json").write_text(json.dumps(config))
+    (preset / "model.weights.h5").write_bytes((source / "model.weights.h5").read_bytes())
+    with pytest.raises(ValueError, match=r"(?s)safe mode.*Could not locate (class|function).*Received: name_or_dir="):
+        zoo.load(preset)
+    assert not marker.exists()
+
+
+def write_tar(path, members, mode="w"):
+    """A tar of `(name, kind, link)` members: kind "file", "dir", "symlink", "hardlink", "fifo" or "device"."""
+    import io
+    import tarfile
+
+    types = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+             "fifo": tarfile.FIFOTYPE, "device": tarfile.CHRTYPE}
+    with tarfile.open(path, mode) as tar:
+        for name, kind, link in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"{}"))
+            else:
+                info.type, info.linkname = types[kind], link or ""
+                tar.addfile(info)
+    return path
+
+
+def write_zip(path, members):
+    """A zip of `(name, unix file type)` members."""
+    import stat
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        for name, kind in members:
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3  # Unix: the mode below is read
+            info.external_attr = (kind | 0o644) << 16
+            zipped.writestr(info, "{}" if kind == stat.S_IFREG else "/etc/passwd")
+    return path
+
+
+def _archive_of(directory, path, in_folder):
+    """`directory`'s files as the archive `path`: at its top, or in one folder."""
+    import tarfile
+    import zipfile
+
+    prefix = "my_preset/" if in_folder else ""
+    files = sorted(p for p in directory.iterdir())
+    if str(path).endswith(".zip"):
+        with zipfile.ZipFile(path, "w") as zipped:
+            for p in files:
+                zipped.write(p, prefix + p.name)
+    else:
+        with tarfile.open(path, "w:gz" if str(path).endswith("gz") else "w") as tar:
+            for p in files:
+                tar.add(p, prefix + p.name)
+    return path
+
+
+@pytest.mark.parametrize("suffix, in_folder", [(".tar", False), (".tar.gz", True), (".tgz", False),
+                                               (".zip", True)])
+def test_preset_archives_load_like_the_directory(suffix, in_folder, tiny_preset, tmp_path, monkeypatch):
+    import tempfile
+
+    directory, images, expected = tiny_preset
+    archive = _archive_of(directory, tmp_path / f"preset{suffix}", in_folder)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = zoo.load(archive)
+    np.testing.assert_array_equal(loaded(images).numpy(), expected)
+    # The weights of an archive go into another model, too.
+    other = tmp_path / "other"
+    zoo.save_preset(tiny_simclr(), other)
+    assert not np.allclose(zoo.load(other)(images).numpy(), expected)
+    np.testing.assert_array_equal(zoo.load(other, weights=str(archive))(images).numpy(), expected)
+    assert list(scratch.iterdir()) == []  # the extracted files are gone
+
+
+def test_archive_of_an_unsafe_preset_is_refused_in_safe_mode(tmp_path):
+    inputs = keras.Input((16, 16, 1))
+    encoder = keras.Model(inputs, checks.tiny_encoder()(keras.layers.Lambda(lambda x: x * 2.0)(inputs)))
+    zoo.save_preset(tiny_simclr(encoder), tmp_path / "preset")
+    archive = _archive_of(tmp_path / "preset", tmp_path / "lambda.tgz", in_folder=True)
+    with pytest.raises(ValueError, match=r"In the preset archive .*lambda\.tgz: .*safe mode.*lambda"):
+        zoo.load(archive)
+
+
+UNSAFE_TAR_MEMBERS = {
+    "absolute": [("/tmp/kcl_escaped", "file", None)],
+    "windows drive": [("C:/kcl_escaped", "file", None)],
+    "dotdot": [("../kcl_escaped", "file", None)],
+    "inner dotdot": [("preset/../../kcl_escaped", "file", None)],
+    "backslash dotdot": [("preset\\..\\..\\kcl_escaped", "file", None)],
+    "absolute symlink": [("config.json", "symlink", "/etc/passwd")],
+    "symlink up": [("link", "symlink", "../kcl_escaped")],
+    # Each looks inside, together they leave: x -> (d -> .)/.. is the parent.
+    "symlink chain": [("d", "symlink", "."), ("x", "symlink", "d/..")],
+    "absolute hardlink": [("hard", "hardlink", "/etc/passwd")],
+    "hardlink up": [("hard", "hardlink", "../kcl_escaped")],
+    "fifo": [("pipe", "fifo", None)],
+    "device": [("tty", "device", None)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE_TAR_MEMBERS))
+def test_extract_archive_refuses_members_that_could_leave_the_folder(case, tmp_path):
+    members = [("metadata.json", "file", None), *UNSAFE_TAR_MEMBERS[case]]
+    archive = write_tar(tmp_path / "evil.tar.gz", members, mode="w:gz")
+    bad = members[-1][0]
+    target = tmp_path / "out"
+    with pytest.raises(ValueError, match="Refusing to extract") as error:
+        kcl.zoo.extract_archive(archive, target)
+    message = str(error.value)
+    assert str(archive) in message and f"Received: member={bad!r}" in message, message
+    assert not target.exists()  # nothing written, not even the good member before it
+    assert not (tmp_path / "kcl_escaped").exists()
+    # zoo.load refuses the same way.
+    with pytest.raises(ValueError, match=f"its member {re.escape(repr(bad))}"):
+        zoo.load(archive)
+
+
+def test_extract_archive_refusals_name_the_problem(tmp_path):
+    import stat
+
+    cases = {
+        "absolute path": write_tar(tmp_path / "a.tar", [("/etc/kcl", "file", None)]),
+        "'..' component": write_zip(tmp_path / "b.zip", [("../kcl", stat.S_IFREG)]),
+        "symlink to '/etc/passwd'": write_tar(tmp_path / "c.tar", [("l", "symlink", "/etc/passwd")]),
+        "hard link to '../x'": write_tar(tmp_path / "d.tar", [("h", "hardlink", "../x")]),
+        "is a fifo, not a file or folder": write_tar(tmp_path / "e.tar", [("p", "fifo", None)]),
+        "is a device": write_tar(tmp_path / "f.tar", [("c", "device", None)]),
+    }
+    for needle, archive in cases.items():
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            zoo.extract_archive(archive, tmp_path / archive.stem)
+
+
+@pytest.mark.parametrize("name, kind", [("/kcl_escaped", "file"), ("../kcl_escaped", "file"),
+                                        ("a\\..\\..\\kcl_escaped", "file"), ("link", "symlink"),
+                                        ("pipe", "fifo")])
+def test_extract_archive_refuses_unsafe_zip_members(name, kind, tmp_path):
+    import stat
+
+    mode = {"file": stat.S_IFREG, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO}[kind]
+    archive = write_zip(tmp_path / "evil.zip", [("config.json", stat.S_IFREG), (name, mode)])
+    target = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"evil\.zip: its member {re.escape(repr(name))}"):
+        zoo.extract_archive(archive, target)
+    assert not target.exists()
+
+
+def test_extract_archive_keeps_links_that_point_down(tmp_path):
+    archive = write_tar(tmp_path / "ok.tar", [("sub/config.json", "file", None),
+                                              ("config.json", "symlink", "sub/config.json"),
+                                              ("hard.json", "hardlink", "sub/config.json")])
+    target = zoo.extract_archive(archive, tmp_path / "out")
+    assert (target / "config.json").read_text() == "{}" and (target / "hard.json").read_text() == "{}"
+
+
+def test_extract_archive_bad_arguments(tmp_path):
+    archive = write_tar(tmp_path / "ok.tar", [("config.json", "file", None)])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(ValueError, match="new or empty folder. Received: target="):
+        zoo.extract_archive(archive, tmp_path / "full")
+    with pytest.raises(ValueError, match="No such archive file"):
+        zoo.extract_archive(tmp_path / "none.tgz", tmp_path / "a")
+    with pytest.raises(ValueError, match=r"\.zip file. Received: path="):
+        zoo.extract_archive(tmp_path / "full" / "x", tmp_path / "b")
+    (tmp_path / "damaged.tgz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ValueError, match="Could not extract the archive .*damaged"):
+        zoo.extract_archive(tmp_path / "damaged.tgz", tmp_path / "c")
+    with pytest.raises(ValueError, match=r"holds config\.json.*at its top or in its one top-level folder"):
+        zoo.load(write_tar(tmp_path / "empty.tar", [("a/x", "file", None), ("b/y", "file", None)]))

@@ -26,6 +26,7 @@ float32 in [0, 1].
 """
 
 import copy
+import difflib
 import inspect
 import math
 import numbers
@@ -80,6 +81,25 @@ def check_augment_overrides(factory, overrides):
             f"kcl.augment.{factory.__name__} takes no argument named "
             f"{', '.join(unknown)}. Received: overrides={overrides}"
         )
+
+
+# What keras.Model's **kwargs take; anything else a method receives is unknown.
+_KERAS_ARGUMENTS = (
+    "name", "trainable", "dtype", "autocast", "activity_regularizer", "input_dim",
+    "input_shape", "batch_input_shape", "batch_size", "weights", "implementation",
+)
+
+
+def _unknown_arguments(cls, kwargs):
+    """The message for arguments of `kwargs` that neither `cls` nor keras.Model takes."""
+    known = [p for p in inspect.signature(cls).parameters if p != "kwargs"]
+    unknown = [k for k in kwargs if k not in _KERAS_ARGUMENTS] or list(kwargs)
+    close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return (
+        f"{cls.__name__} takes no argument named {', '.join(unknown)}.{hint} Its arguments: "
+        f"{', '.join(known)}. Received: {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}"
+    )
 
 
 BATCH_KEYS = ("images", "views", "label", "index", "textures")
@@ -141,7 +161,13 @@ class ContrastiveModel(keras.Model):
     """
 
     def __init__(self, encoder, augmenter=None, num_classes=None, **kwargs):
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except ValueError as error:
+            if "Unrecognized keyword arguments" not in str(error):
+                raise
+            # A misspelt method argument ends up in Keras' **kwargs.
+            raise ValueError(_unknown_arguments(type(self), kwargs)) from None
         if isinstance(encoder, str):
             from kcl import backbones
 
@@ -340,6 +366,20 @@ class ContrastiveModel(keras.Model):
         # state), so there is nothing to infer from the data.
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15, TF backend) learns the input shapes from the first
+        # batch of fit/evaluate by reducing it over the replicas
+        # (`strategy.reduce("MEAN", batch)`); under MultiWorkerMirroredStrategy
+        # that is a collective across the workers, which refuses uint8 raw
+        # images. This replica's batch has the same shapes and dtypes.
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            local = self._distribute_strategy.experimental_local_results
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(lambda v: local(v)[0], next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # ------------------------------------------------------------- training
     def _views_and_labels(self, data):
         images, views, labels, index, textures = _unpack(data)
@@ -396,6 +436,9 @@ class ContrastiveModel(keras.Model):
         return distribute.global_mean(per_example), logits, labels
 
     def train_step(self, data):
+        # Multi-worker only: the per-replica batch size fit measured (see
+        # kcl.distribute.replica_batch_size).
+        data = distribute.with_batch_size(data, getattr(self, "_replica_batch_size", None))
         views, labels, index, textures = self._views_and_labels(data)
         # Only methods with weak negatives take textures (and only then).
         extra = {} if textures is None else {"textures": textures}
@@ -441,7 +484,14 @@ class ContrastiveModel(keras.Model):
         if labels is not None:
             self.probe_loss_tracker.update_state(distribute.all_reduce_sum(probe_loss))
             self.probe_accuracy.update_state(labels, logits)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if distribute.in_multi_worker_mode():
+            # Keras (3.15) reduces each log of a multi-worker step with
+            # strategy.reduce("MEAN", log, axis=0), which fails on a scalar
+            # (tensorflow/tensorflow#72388). A [1] log reduces to the scalar;
+            # the values are the same on every replica anyway.
+            logs = {name: value[None] for name, value in logs.items()}
+        return logs
 
     @property
     def metrics(self):
@@ -455,9 +505,11 @@ class ContrastiveModel(keras.Model):
         """`keras.Model.fit`, after checking the data it is given.
 
         Checks the first batch for the image rank, channel count and value
-        range, labels against `num_classes`, an empty dataset, and a global
-        batch that does not split evenly over the replicas; each failure is a
-        `ValueError` that names the argument and the fix.
+        range, the size of precomputed views, labels (class indices in
+        `[0, num_classes)`, one per image), an empty dataset, a batch of one
+        image, and a global batch that does not split evenly over the
+        replicas; each failure is a `ValueError` that names the argument and
+        the fix.
         """
         from kcl import data as kcl_data
 
@@ -468,8 +520,13 @@ class ContrastiveModel(keras.Model):
             channels=self.channels,
             num_classes=self.num_classes,
             num_replicas=self.distribute_strategy.num_replicas_in_sync,
+            image_size=tuple(self.encoder.input_shape[1:3]),
         )
         self.build()
+        replica_batch = distribute.replica_batch_size(x, self.distribute_strategy)
+        if replica_batch != getattr(self, "_replica_batch_size", None):
+            self.train_function = None  # traced for another batch size
+        self._replica_batch_size = replica_batch
         if isinstance(x, tf.data.Dataset):
             # A dataset is shuffled by its own pipeline; Keras' default
             # shuffle=True would only warn that it is ignored.

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from kcl import augment, distribute, losses, queues
 from kcl.heads import PredictionHead, ProjectionHead
-from kcl.methods.base import ContrastiveModel, check_widths
+from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -181,6 +181,7 @@ class BYOL(ContrastiveModel):
     @classmethod
     def default_augmenter(cls, size, seed=None, **overrides):
         """BYOL's asymmetric views (`kcl.augment.byol_views`)."""
+        check_augment_overrides(augment.byol_views, overrides)
         return augment.byol_views(size, seed=seed, **overrides)
 
     @property

@@ -1,12 +1,20 @@
 """MoCo v2: momentum contrast with a queue of negatives and an MLP head."""
 
 
+import math
+import numbers
+
 import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses, queues
 from kcl.heads import ProjectionHead
-from kcl.methods.base import ContrastiveModel, check_augment_overrides
+from kcl.methods.base import (
+    ContrastiveModel,
+    check_augment_overrides,
+    check_positive_int,
+    check_widths,
+)
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -102,27 +110,16 @@ class MoCoV2(ContrastiveModel):
         num_classes=None,
         **kwargs,
     ):
-        hidden_dims = tuple(projection_hidden_dims)
-        if any(int(d) < 1 for d in hidden_dims):
+        hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
+        projection_dim = check_positive_int("projection_dim", projection_dim)
+        queue_size = check_positive_int("queue_size", queue_size)
+        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(
-                "Every hidden width of the head must be positive. "
-                f"Received: projection_hidden_dims={projection_hidden_dims}"
+                f"`temperature` must be positive. Received: temperature={temperature!r}"
             )
-        if int(projection_dim) < 1:
+        if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
             raise ValueError(
-                f"`projection_dim` must be positive. Received: projection_dim={projection_dim}"
-            )
-        if int(queue_size) < 1:
-            raise ValueError(
-                f"`queue_size` must be positive. Received: queue_size={queue_size}"
-            )
-        if not temperature > 0:
-            raise ValueError(
-                f"`temperature` must be positive. Received: temperature={temperature}"
-            )
-        if not 0 <= momentum <= 1:
-            raise ValueError(
-                f"`momentum` must be in [0, 1]. Received: momentum={momentum}"
+                f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}"
             )
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
         self.projection_hidden_dims = tuple(int(d) for d in hidden_dims)

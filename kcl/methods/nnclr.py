@@ -8,7 +8,12 @@ import tensorflow as tf
 
 from kcl import augment, distribute, losses
 from kcl.heads import PredictionHead, ProjectionHead
-from kcl.methods.base import ContrastiveModel, check_positive_int, check_widths
+from kcl.methods.base import (
+    ContrastiveModel,
+    check_augment_overrides,
+    check_positive_int,
+    check_widths,
+)
 from kcl.queues import FeatureQueue
 
 
@@ -168,6 +173,7 @@ class NNCLR(ContrastiveModel):
     @classmethod
     def default_augmenter(cls, size, seed=None, **overrides):
         """BYOL's two asymmetric views (the paper's augmentations), `kcl.augment.byol_views`."""
+        check_augment_overrides(augment.byol_views, overrides)
         return augment.byol_views(size, seed=seed, **overrides)
 
     def method_metrics(self):

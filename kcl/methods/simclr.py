@@ -1,11 +1,19 @@
 """SimCLR: a simple framework for contrastive learning of visual representations."""
 
+import math
+import numbers
+
 import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses
 from kcl.heads import ProjectionHead
-from kcl.methods.base import ContrastiveModel
+from kcl.methods.base import (
+    ContrastiveModel,
+    check_augment_overrides,
+    check_positive_int,
+    check_widths,
+)
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -80,14 +88,16 @@ class SimCLR(ContrastiveModel):
         num_classes=None,
         **kwargs,
     ):
-        if not temperature > 0:
+        projection_hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
+        projection_dim = check_positive_int("projection_dim", projection_dim)
+        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(
-                f"`temperature` must be positive. Received: temperature={temperature}"
+                f"`temperature` must be positive. Received: temperature={temperature!r}"
             )
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
         self.attach_weak_negatives(weak_negatives, alpha)
-        self.projection_hidden_dims = tuple(int(d) for d in projection_hidden_dims)
-        self.projection_dim = int(projection_dim)
+        self.projection_hidden_dims = projection_hidden_dims
+        self.projection_dim = projection_dim
         self.temperature = float(temperature)
         self.synchronized_bn = bool(synchronized_bn)
         self.projector = ProjectionHead(
@@ -105,10 +115,11 @@ class SimCLR(ContrastiveModel):
         CIFAR-10 in the paper (appendix B.9): colour strength 0.5 and no
         blur. `overrides` go to `kcl.augment.simclr_views`.
         """
+        check_augment_overrides(augment.simclr_views, overrides)
         if size >= 64:
-            defaults = dict(strength=1.0, blur=True)
+            defaults = {"strength": 1.0, "blur": True}
         else:
-            defaults = dict(strength=0.5, blur=False)
+            defaults = {"strength": 0.5, "blur": False}
         return augment.simclr_views(size, seed=seed, **{**defaults, **overrides})
 
     def compute_ssl_loss(self, views, labels=None, index=None, training=True, textures=None):

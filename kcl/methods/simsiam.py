@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from kcl import augment, distribute, losses
 from kcl.heads import PredictionHead, ProjectionHead
-from kcl.methods.base import ContrastiveModel, check_widths
+from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -125,6 +125,7 @@ class SimSiam(ContrastiveModel):
     @classmethod
     def default_augmenter(cls, size, seed=None, **overrides):
         """SimSiam's views: MoCo v2's augmentation (`kcl.augment.mocov2_views`)."""
+        check_augment_overrides(augment.mocov2_views, overrides)
         return augment.mocov2_views(size, seed=seed, **overrides)
 
     @property

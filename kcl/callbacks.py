@@ -1,0 +1,371 @@
+"""`Checkpoint`: training that loses nothing when it is interrupted.
+
+A pretraining run lasts days; a crash, a pre-emption or `kill -9` must cost
+at most the steps since the last checkpoint. `Checkpoint` is the `fit`
+callback that makes this so:
+
+- It saves *all* the state of a run: every variable of the model (weights,
+  batch-norm statistics, queues and their pointers, momentum encoders,
+  prototypes and SwAV's freeze counter, PIC's instance weights, BYOL's step
+  counter, and the state of every `keras.random.SeedGenerator`, i.e. every
+  augmentation's random stream), the optimizer's variables (slots and
+  iteration count, so learning-rate schedules continue), the metrics of the
+  epoch in progress, and the position: epoch and step.
+- Each checkpoint is a directory `ckpt-<global step>` holding `state.npz`
+  (NumPy arrays only, read back with `allow_pickle=False`) and
+  `manifest.json` (position, variable paths, shapes and the SHA-256 of
+  `state.npz`). It is written under a temporary name, flushed to disk and
+  renamed into place, so a reader never sees a half-written checkpoint. The
+  last `keep` are kept.
+- At `fit`'s start it restores the newest checkpoint that verifies; one that
+  does not (truncated, edited, checksum mismatch) is skipped with a warning
+  and the previous one is used.
+- Resuming mid-epoch, `fit` starts at the checkpoint's epoch and the first
+  `step` steps of that epoch are skipped without reading data: the dataset
+  must start where the checkpoint stopped, which
+  `kcl.data.pretrain_dataset(..., epochs=E, initial_step=checkpoint.initial_step)`
+  does. Given that, a resumed run ends with the same weights as one that
+  was never interrupted (tests/test_callbacks.py kills a training process
+  with SIGKILL at a random step, for every method, and compares).
+- A NaN or Inf loss stops training with `NonFiniteLossError`, naming the
+  step and the last good checkpoint; the state of the bad step is never
+  saved.
+
+Example:
+
+>>> checkpoint = kcl.callbacks.Checkpoint("runs/simclr/checkpoints", every=500)
+>>> ds = kcl.data.pretrain_dataset(x, batch_size=256, epochs=100,
+...                                initial_step=checkpoint.initial_step)
+>>> model.fit(ds, epochs=100, steps_per_epoch=len(x) // 256, callbacks=[checkpoint])
+
+Run the same lines again after an interruption and training continues.
+"""
+
+import glob
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from kcl import files
+
+FORMAT = 1
+STATE, MANIFEST = "state.npz", "manifest.json"
+GROUPS = ("model", "optimizer", "metrics")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; raised by `Checkpoint`."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint directory that cannot be read back as written."""
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _variables(model):
+    """The variables a checkpoint holds, by group, in a deterministic order."""
+    optimizer = getattr(model, "optimizer", None)
+    return {
+        "model": list(model.variables),
+        "optimizer": [] if optimizer is None else list(optimizer.variables),
+        "metrics": list(model.metrics_variables),
+    }
+
+
+def _describe(variables):
+    return [[v.path, list(v.shape), str(v.dtype)] for v in variables]
+
+
+def read(path):
+    """Reads and verifies one checkpoint directory: `(manifest, arrays)`.
+
+    `arrays` maps `"<group>/<i>"` to a NumPy array. Raises
+    `CorruptCheckpointError` when the manifest is missing or unreadable, the
+    checksum does not match, or the arrays disagree with the manifest.
+    """
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+        if manifest.get("format") != FORMAT:
+            raise CorruptCheckpointError(f"unknown format {manifest.get('format')!r}")
+        state = os.path.join(path, STATE)
+        if files.digest(state) != manifest["sha256"]:
+            raise CorruptCheckpointError(f"{STATE} does not match its checksum")
+        with np.load(state, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        for group in GROUPS:
+            for i, (_, shape, _) in enumerate(manifest["variables"][group]):
+                if list(arrays[f"{group}/{i}"].shape) != shape:
+                    raise CorruptCheckpointError(f"{group} variable {i} has the wrong shape")
+    except CorruptCheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        raise CorruptCheckpointError(f"{type(error).__name__}: {error}") from None
+    return manifest, arrays
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves and restores the whole state of a `fit` run (see the module docstring).
+
+    Args:
+        directory: where the checkpoints go; created if missing.
+        every: save every `every` steps (an int), or `"epoch"` for the end of
+            each epoch only. The end of each epoch is always saved. Defaults
+            to `"epoch"`.
+        keep: how many checkpoints to keep, newest first. Defaults to `3`.
+        stop_on_nan: stop with `NonFiniteLossError` when the loss is NaN or
+            Inf. Defaults to `True`.
+        verbose: print a line when restoring. Defaults to `1`.
+
+    Example:
+
+    >>> checkpoint = kcl.callbacks.Checkpoint("ckpt", every=100, keep=2)
+    >>> model.fit(ds, epochs=10, steps_per_epoch=234, callbacks=[checkpoint])
+    >>> checkpoint.latest()
+    'ckpt/ckpt-000002340'
+    """
+
+    def __init__(self, directory, every="epoch", keep=3, stop_on_nan=True, verbose=1):
+        super().__init__()
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise ValueError(f"`directory` must be a path. Received: directory={directory!r}")
+        if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+            raise ValueError(f"`every` must be a positive int (steps) or 'epoch'. Received: every={every!r}")
+        if not (isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1):
+            raise ValueError(f"`keep` must be a positive int. Received: keep={keep!r}")
+        self.directory = os.fspath(directory)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(f"`directory` is a file, not a directory. Received: directory={self.directory}")
+        self.every, self.keep, self.stop_on_nan, self.verbose = every, keep, stop_on_nan, verbose
+        self._skip = 0
+        self._metrics = None
+        self._epoch = 0
+        self._last_saved = None
+
+    # --------------------------------------------------------------- reading
+    def checkpoints(self):
+        """Checkpoint directories, newest first (verified or not)."""
+        paths = glob.glob(os.path.join(glob.escape(self.directory), "ckpt-*"))
+        steps = []
+        for path in paths:
+            suffix = os.path.basename(path)[len("ckpt-"):]
+            if suffix.isdigit() and os.path.isdir(path):
+                steps.append((int(suffix), path))
+        return [path for _, path in sorted(steps, reverse=True)]
+
+    def _newest_valid(self):
+        """`(path, manifest, arrays)` of the newest checkpoint that verifies, or `None`."""
+        for path in self.checkpoints():
+            try:
+                manifest, arrays = read(path)
+            except CorruptCheckpointError as error:
+                warnings.warn(
+                    f"Skipping the damaged checkpoint {path} ({error}); trying the previous one.",
+                    stacklevel=2,
+                )
+                continue
+            return path, manifest, arrays
+        return None
+
+    def latest(self):
+        """The newest checkpoint that verifies, or `None`."""
+        found = self._newest_valid()
+        return None if found is None else found[0]
+
+    @property
+    def initial_step(self):
+        """Global step of the newest valid checkpoint (`0` without one): where the data must start."""
+        found = self._newest_valid()
+        return 0 if found is None else int(found[1]["step"])
+
+    # --------------------------------------------------------------- writing
+    def save(self, step, epoch, step_in_epoch):
+        """Writes `ckpt-<step>` atomically and prunes old checkpoints; returns its path."""
+        final = os.path.join(self.directory, f"ckpt-{step:09d}")
+        if os.path.isdir(final):
+            return final
+        groups = _variables(self.model)
+        arrays = {f"{group}/{i}": keras.ops.convert_to_numpy(v.value) for group in GROUPS for i, v in enumerate(groups[group])}
+        tmp = os.path.join(self.directory, f".tmp-ckpt-{step:09d}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        state = os.path.join(tmp, STATE)
+        with open(state, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {
+            "format": FORMAT,
+            "step": step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "steps_per_epoch": self._steps_per_epoch,
+            "sha256": files.digest(state),
+            "variables": {group: _describe(groups[group]) for group in GROUPS},
+            "model": type(self.model).__name__,
+            "keras": keras.__version__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        for old in self.checkpoints()[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+        self._last_saved = (final, step)
+        return final
+
+    # -------------------------------------------------------------- restoring
+    def restore(self, model):
+        """Loads the newest valid checkpoint into `model` outside `fit`; returns its path or `None`.
+
+        The model must be built the way the checkpointed one was (same
+        method, encoder and optimizer).
+
+        Example:
+
+        >>> kcl.callbacks.Checkpoint("runs/simclr/checkpoints").restore(model)
+        'runs/simclr/checkpoints/ckpt-000004680'
+        """
+        self.set_model(model)
+        found = self._newest_valid()
+        if found is None:
+            return None
+        self._restore(*found)
+        return found[0]
+
+    def _restore(self, path, manifest, arrays):
+        model = self.model
+        if getattr(self, "_steps_per_epoch", None) and manifest["steps_per_epoch"] != self._steps_per_epoch:
+            raise ValueError(
+                f"The checkpoint {path} was written by a run of {manifest['steps_per_epoch']} steps "
+                f"per epoch; this one has {self._steps_per_epoch}. Resume with the same data and "
+                f"batch size, or write to a new directory. Received: steps_per_epoch={self._steps_per_epoch}"
+            )
+        if model.optimizer is not None and not model.optimizer.built:
+            # The slots the first train step would build, for the same variables.
+            with model.distribute_strategy.scope():
+                model.optimizer.build(model.trainable_variables)
+        groups = _variables(model)
+        for group in ("model", "optimizer"):
+            saved = manifest["variables"][group]
+            mine = _describe(groups[group])
+            if [s[1:] for s in saved] != [m[1:] for m in mine]:
+                raise ValueError(
+                    f"The checkpoint {path} holds {len(saved)} {group} variables that do not match "
+                    f"this model's {len(mine)} ({manifest['model']} there, {type(model).__name__} here): "
+                    "it was written by a different model or optimizer. Build the same model, or "
+                    f"write to a new directory. Received: directory={self.directory}"
+                )
+            for i, variable in enumerate(groups[group]):
+                variable.assign(arrays[f"{group}/{i}"])
+        self._metrics = [arrays[f"metrics/{i}"] for i in range(len(groups["metrics"]))]
+        self._last_saved = (path, manifest["step"])
+
+    def on_train_begin(self, logs=None):
+        self._steps_per_epoch = self.params.get("steps")
+        if not self._steps_per_epoch:
+            raise ValueError(
+                "Checkpoint needs the number of steps in an epoch: pass `steps_per_epoch` to fit, "
+                "or a dataset of known length. Received: steps_per_epoch=None"
+            )
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"Cannot create the checkpoint directory ({error.strerror}). Received: directory={self.directory}") from None
+        if not os.access(self.directory, os.W_OK):
+            raise ValueError(f"Cannot write to the checkpoint directory. Received: directory={self.directory}")
+        for tmp in glob.glob(os.path.join(glob.escape(self.directory), ".tmp-ckpt-*")):
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-save
+        self._last_saved = None
+        found = self._newest_valid()
+        self._skip, self._metrics, self._epoch = 0, None, 0
+        if found is None:
+            return
+        path, manifest, arrays = found
+        self._restore(path, manifest, arrays)
+        epoch, step = manifest["epoch"], manifest["step_in_epoch"]
+        self.model._initial_epoch = epoch  # read by fit after on_train_begin
+        if self.verbose:
+            print(f"kcl: resuming from {path} (epoch {epoch + 1}, step {step} of {self._steps_per_epoch})", flush=True)
+        if step:
+            self._skip = step
+            train_function = self.model.train_function
+
+            def skip_or_train(iterator):
+                # The first `step` steps of the resumed epoch were trained
+                # before the interruption: skip them, reading no data.
+                if self._skip:
+                    self._skip -= 1
+                    return {m.name: m.result() for m in self.model.metrics}
+                self.model.train_function = train_function
+                return train_function(iterator)
+
+            self._train_function = train_function
+            self.model.train_function = skip_or_train
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._metrics is not None and self._skip:
+            # fit has just reset the metrics; the resumed epoch's running
+            # means continue from the checkpoint's.
+            for variable, value in zip(self.model.metrics_variables, self._metrics):
+                variable.assign(value)
+        self._metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._skip:
+            return
+        step_in_epoch = batch + 1
+        step = self._epoch * self._steps_per_epoch + step_in_epoch
+        if self.stop_on_nan and logs and "loss" in logs:
+            loss = float(logs["loss"])
+            if not math.isfinite(loss):
+                self.model.stop_training = True
+                if self._last_saved is None:
+                    last = "No checkpoint was written before it."
+                else:
+                    last = f"The last good checkpoint is {self._last_saved[0]} (step {self._last_saved[1]})."
+                raise NonFiniteLossError(
+                    f"The loss is {loss} at step {step} (epoch {self._epoch + 1}, step {step_in_epoch} of "
+                    f"{self._steps_per_epoch}); training stopped. {last} Lower the learning rate or check "
+                    f"the inputs for NaN/Inf values, then resume from it. Received: loss={loss}"
+                )
+        if step_in_epoch == self._steps_per_epoch:
+            return  # saved by on_epoch_end, as the start of the next epoch
+        if self.every != "epoch" and step % self.every == 0 and self._should_write():
+            self.save(step, self._epoch, step_in_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and self._skip:
+            return
+        if self._should_write():
+            self.save((epoch + 1) * self._steps_per_epoch, epoch + 1, 0)
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None
+        if self._skip:  # fit ended inside the skipped steps
+            self.model.train_function = self._train_function
+            self._skip = 0
+
+    def _should_write(self):
+        # Under MultiWorkerMirroredStrategy only the chief writes.
+        return getattr(self.model.distribute_strategy.extended, "should_checkpoint", True)

@@ -1,0 +1,260 @@
+"""kcl.callbacks.Checkpoint: exact resume after SIGKILL, damaged checkpoints, NaN losses."""
+
+import glob
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import kcl
+from tests import resume_worker as worker
+
+WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
+
+
+def assert_same_state(resumed, reference, name):
+    assert resumed.keys() == reference.keys(), name
+    worst = max(float(np.max(np.abs(resumed[k].astype("float64") - reference[k]), initial=0.0)) for k in reference)
+    assert worst <= 1e-6, f"{name}: largest difference {worst:.3g} from the uninterrupted run"
+
+
+def _steps(directory):
+    return [int(os.path.basename(p)[5:]) for p in glob.glob(os.path.join(directory, "ckpt-*"))]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Final state of every method trained without interruption, in this process."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    return {name: worker.train(name, out) for name in worker.METHODS}
+
+
+def test_sigkill_at_a_random_step_then_same_command_ends_with_the_same_weights(tmp_path, reference):
+    # One process trains the methods in turn; it is killed once per method
+    # at a random mid-epoch step, and the same command started again.
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    kill_after = {name: rng.choice([1, 2, 4]) for name in worker.METHODS}
+    out = str(tmp_path)
+    command = [sys.executable, WORKER, out, "--delay", "0.3"]
+    killed, log = set(), []
+    for _ in range(len(worker.METHODS) + 2):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while process.poll() is None and time.time() < deadline:
+            todo = [n for n in worker.METHODS if not os.path.exists(os.path.join(out, n, "final.npz"))]
+            name = todo[0] if todo else None
+            if name and name not in killed and max(_steps(os.path.join(out, name)), default=0) >= kill_after[name]:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                killed.add(name)
+                log.append(f"killed in {name} after step {max(_steps(os.path.join(out, name)))}")
+                break
+            time.sleep(0.02)
+        else:
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 0, f"seed {seed}, {log}: {stderr[-3000:]}"
+            break
+    assert killed == set(worker.METHODS), f"seed {seed}: {log}"
+    for name in worker.METHODS:
+        with np.load(os.path.join(out, name, "final.npz")) as final:
+            resumed = {k: final[k] for k in final.files}
+        assert_same_state(resumed, reference[name], f"{name} (seed {seed}, {log})")
+        # keep=2: older checkpoints were pruned; no half-written one is left.
+        assert len(_steps(os.path.join(out, name))) == 2
+        assert not glob.glob(os.path.join(out, name, ".tmp-*"))
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, after):
+        super().__init__()
+        self.after, self.steps = after, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.after:
+            raise KeyboardInterrupt
+
+
+def _fit(directory, interrupt_after=None, every=1, keep=3):
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    model = worker.build("mocov2")
+    checkpoint = kcl.callbacks.Checkpoint(directory, every=every, keep=keep, verbose=0)
+    callbacks = [checkpoint] + ([Interrupt(interrupt_after)] if interrupt_after else [])
+    dataset = worker.dataset("mocov2", images, labels, checkpoint.initial_step)
+    try:
+        model.fit(dataset, epochs=worker.EPOCHS, steps_per_epoch=worker.STEPS, callbacks=callbacks, verbose=0)
+    except KeyboardInterrupt:
+        pass
+    return model, checkpoint
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    directory = str(tmp_path / "ckpt")
+    _fit(directory, interrupt_after=5)
+    assert sorted(_steps(directory)) == [3, 4, 5]
+    with open(os.path.join(directory, "ckpt-000000005", "state.npz"), "r+b") as f:
+        f.truncate(100)  # a disk that lost the end of the file
+    with pytest.warns(UserWarning, match="Skipping the damaged checkpoint .*ckpt-000000005"):
+        model, _ = _fit(directory)
+    assert_same_state(worker.state(model), reference["mocov2"], "mocov2 resumed from step 4")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: os.remove(os.path.join(d, "manifest.json")),
+        lambda d: pathlib.Path(d, "manifest.json").write_text("{not json"),
+        lambda d: np.savez(os.path.join(d, "state.npz"), x=np.zeros(3)),  # checksum mismatch
+    ],
+    ids=["no-manifest", "bad-manifest", "other-state"],
+)
+def test_every_kind_of_damage_is_detected(tmp_path, damage):
+    directory = str(tmp_path / "ckpt")
+    _, checkpoint = _fit(directory, interrupt_after=2)
+    damage(os.path.join(directory, "ckpt-000000002"))
+    with pytest.warns(UserWarning, match="damaged"):
+        assert checkpoint.latest().endswith("ckpt-000000001")
+    with pytest.raises(kcl.callbacks.CorruptCheckpointError):
+        kcl.callbacks.read(os.path.join(directory, "ckpt-000000002"))
+
+
+def test_a_half_written_checkpoint_is_ignored_and_removed(tmp_path):
+    directory = tmp_path / "ckpt"
+    _fit(str(directory), interrupt_after=1)
+    (directory / ".tmp-ckpt-000000002-999").mkdir()  # a process killed mid-save
+    (directory / ".tmp-ckpt-000000002-999" / "state.npz").write_bytes(b"partial")
+    assert kcl.callbacks.Checkpoint(str(directory)).initial_step == 1
+    _fit(str(directory))
+    assert not list(directory.glob(".tmp-*"))
+    assert max(_steps(str(directory))) == worker.EPOCHS * worker.STEPS
+
+
+class PoisonAfter(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.step:
+            weight = self.model.encoder.trainable_variables[0]
+            weight.assign(np.full(weight.shape, np.nan, "float32"))
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    model = worker.build("simclr")
+    directory = str(tmp_path / "ckpt")
+    checkpoint = kcl.callbacks.Checkpoint(directory, every=1, verbose=0)
+    dataset = worker.dataset("simclr", images, labels, 0)
+    with pytest.raises(kcl.callbacks.NonFiniteLossError, match=r"nan at step 3 .*ckpt-000000002 \(step 2\)"):
+        model.fit(dataset, epochs=2, steps_per_epoch=worker.STEPS, callbacks=[checkpoint, PoisonAfter(2)], verbose=0)
+    assert sorted(_steps(directory)) == [1, 2]  # the bad step was not saved
+    assert np.isfinite(kcl.callbacks.read(os.path.join(directory, "ckpt-000000002"))[1]["model/0"]).all()
+
+
+def test_resume_into_another_model_or_run_length_is_refused(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    _fit(directory, interrupt_after=2)
+    images, labels = worker.data()
+    other = worker.build("simclr")
+    with pytest.raises(ValueError, match="different model or optimizer"):
+        kcl.callbacks.Checkpoint(directory).restore(other)
+    model = worker.build("mocov2")
+    dataset = worker.dataset("mocov2", images, labels, 0)
+    with pytest.raises(ValueError, match="3 steps per epoch; this one has 2"):
+        model.fit(dataset, epochs=2, steps_per_epoch=2, callbacks=[kcl.callbacks.Checkpoint(directory)], verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"every": 0}, "every"),
+        ({"every": "step"}, "every"),
+        ({"keep": 0}, "keep"),
+        ({"directory": ""}, "directory"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    arguments = {"directory": str(tmp_path), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        kcl.callbacks.Checkpoint(**arguments)
+
+
+def test_resumable_dataset_from_any_step_continues_the_full_run():
+    images, labels = worker.data()
+    full = [b[0] for b in kcl.data.pretrain_dataset(images, labels, batch_size=8, epochs=3).as_numpy_iterator()]
+    assert len(full) == 9
+    for start in (0, 2, 3, 7):
+        part = [b[0] for b in kcl.data.pretrain_dataset(images, labels, batch_size=8, epochs=3, initial_step=start).as_numpy_iterator()]
+        assert len(part) == 9 - start
+        for a, b in zip(part, full[start:]):
+            np.testing.assert_array_equal(a, b)
+    # Each epoch is a permutation of the images, and epochs differ.
+    epoch = np.concatenate(full[:3])
+    assert sorted(map(bytes, epoch)) == sorted(map(bytes, images))
+    assert not np.array_equal(full[0], full[3])
+    with pytest.raises(ValueError, match="initial_step"):
+        kcl.data.pretrain_dataset(images, batch_size=8, initial_step=2)
+    with pytest.raises(ValueError, match="initial_step"):
+        kcl.data.pretrain_dataset(images, batch_size=8, epochs=1, initial_step=4)
+
+
+# ------------------------------------------------------------ kcl pretrain
+def pretrain_argv(out):
+    return [
+        "pretrain", "--method", "mocov2", "--data", "fashion_mnist", "--train-limit", "96", "--test-limit", "40",
+        "--backbone", "resnet18_cifar", "--width", "0.125", "--epochs", "2", "--batch-size", "16",
+        "--set", "queue_size=32", "--checkpoint-every", "1", "--knn-bank", "40", "--no-export", "--quiet",
+        "--out", out,
+    ]
+
+
+def test_kcl_pretrain_killed_then_run_again_ends_as_if_never_interrupted(tmp_path):
+    from kcl import cli
+
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    assert cli.main(pretrain_argv(reference)) == 0
+    kill_after = random.choice([2, 3, 4])  # of 6 steps in the first epoch
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kcl.cli", *pretrain_argv(resumed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        if max(_steps(os.path.join(resumed, "checkpoints")), default=0) >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert process.wait() == -signal.SIGKILL, f"not killed after step {kill_after}: {process.stderr.read()[-2000:]}"
+    killed_at = max(_steps(os.path.join(resumed, "checkpoints")))
+    assert killed_at < 12, "the run finished before the kill"
+    assert cli.main(pretrain_argv(resumed)) == 0  # the same command again
+    final = "checkpoints/ckpt-000000012"
+    a = kcl.callbacks.read(os.path.join(resumed, final))[1]
+    b = kcl.callbacks.read(os.path.join(reference, final))[1]
+    assert_same_state(a, b, f"kcl pretrain killed after step {killed_at}")
+    history = [json.loads(pathlib.Path(d, "history.json").read_text()) for d in (resumed, reference)]
+    np.testing.assert_allclose(history[0]["loss"], history[1]["loss"], rtol=1e-5)
+
+
+def test_kcl_pretrain_refuses_to_resume_with_other_settings(tmp_path, capsys):
+    from kcl import cli
+
+    out = str(tmp_path / "run")
+    argv = pretrain_argv(out)
+    os.makedirs(os.path.join(out, "checkpoints"))
+    cli._check_same_run(cli.parse_args(argv))
+    argv[argv.index("--batch-size") + 1] = "8"
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size=16 -> 8" in err and "Received: --out=" in err and "Traceback" not in err
