@@ -269,6 +269,38 @@ def build_parser():
         help="also serve 'projection': the method's projection-head embedding, L2-normalised.",
     )
 
+    bench = commands.add_parser(
+        "bench",
+        help="images per second of the training step, per method and setting",
+        description="Time the warm training step (model.fit on a prefetched tf.data "
+        "pipeline of uint8 images, the method's own train_step) for every combination "
+        "of the given methods and settings, each in the same process one after the "
+        "other; print a table and write JSON. See docs/benchmarks.md for how to read it.",
+    )
+    bench.add_argument("--methods", default="simclr", help="comma-separated method names. Default: simclr.")
+    bench.add_argument("--backbone", default="resnet18_cifar", help="encoder name. Default: resnet18_cifar.")
+    bench.add_argument("--width", type=float, default=1.0, help="backbone width multiplier. Default: 1.0.")
+    bench.add_argument("--image-size", type=int, default=32, help="image side in pixels. Default: 32.")
+    bench.add_argument("--channels", type=int, default=3, help="image channels. Default: 3.")
+    bench.add_argument("--batch-size", type=int, default=256, help="global batch size. Default: 256.")
+    bench.add_argument(
+        "--jit", choices=("off", "on", "both"), default="off", help="XLA (jit_compile) off, on or both. Default: off."
+    )
+    bench.add_argument(
+        "--precision",
+        default="float32",
+        help="comma-separated: float32, bfloat16, float16 (mixed, with loss scaling). Default: float32.",
+    )
+    bench.add_argument(
+        "--steps-per-execution", default="1", help="comma-separated steps per compiled call. Default: 1."
+    )
+    bench.add_argument(
+        "--augment", default="device", help="comma-separated: device (in train_step), tf.data. Default: device."
+    )
+    bench.add_argument("--warmup", type=int, default=3, help="untimed calls first. Default: 3.")
+    bench.add_argument("--steps", type=int, default=10, help="timed calls. Default: 10.")
+    bench.add_argument("--out", default=None, help="JSON file for the results. Default: none.")
+
     textures = commands.add_parser(
         "build-textures",
         help="synthesise one texture per training image (weak negatives; resumable)",
@@ -929,6 +961,58 @@ def _check_images_fit(args, model, images):
         )
 
 
+def cmd_bench(args):
+    import itertools
+
+    from kcl import bench
+
+    def listed(flag, text, convert=str):
+        try:
+            values = [convert(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise ValueError(f"{flag} takes a comma-separated list. Received: {flag}={text}")
+        return values
+
+    methods = listed("--methods", args.methods)
+    precisions = listed("--precision", args.precision)
+    executions = listed("--steps-per-execution", args.steps_per_execution, int)
+    augments = listed("--augment", args.augment)
+    import kcl
+
+    for method in methods:  # all checked before the first (long) measurement
+        try:
+            kcl.methods.get(method)
+        except ValueError as error:
+            raise ValueError(f"--methods: {error}") from None
+    for flag, values, allowed in (("--precision", precisions, bench.PRECISIONS), ("--augment", augments, bench.AUGMENT)):
+        bad = [value for value in values if value not in allowed]
+        if bad:
+            raise ValueError(f"{flag} takes {', '.join(allowed)}. Received: {flag}={','.join(bad)}")
+    jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
+    if args.out:
+        _check_not_a_file(os.path.dirname(os.path.abspath(args.out)), "--out")
+    results = []
+    for method, jit, precision, execution, augment in itertools.product(methods, jits, precisions, executions, augments):
+        result = bench.benchmark(
+            method, backbone=args.backbone, width=args.width, image_size=args.image_size,
+            channels=args.channels, batch_size=args.batch_size, jit_compile=jit, precision=precision,
+            steps_per_execution=execution, augment=augment, warmup=args.warmup, steps=args.steps,
+        )
+        print(
+            f"kcl: {method} XLA={'on' if jit else 'off'} {precision} steps/exec={execution} "
+            f"augment={augment}: {result['images_per_second']} images/s",
+            flush=True,
+        )
+        results.append(result)
+    print(bench.markdown(results))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
 def cmd_eval(args):
     import kcl
 
@@ -1067,6 +1151,7 @@ def main(argv=None):
         "eval": cmd_eval,
         "export": cmd_export,
         "build-textures": cmd_build_textures,
+        "bench": cmd_bench,
     }[args.command]
     try:
         command(args)
