@@ -31,9 +31,11 @@ demo: $(STAMP) data
 		--out $(DEMO_OUT)
 
 # Two pytest workers: most of the suite's time is single-threaded graph
-# tracing, so the two cores of a CI machine halve it.
+# tracing, so the two cores of a CI machine halve it. worksteal: an idle
+# worker takes queued tests from the other, so the few minute-long tests
+# (kill-and-resume, recipe smoke runs) do not leave one core idle at the end.
 test: $(STAMP) data
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0

@@ -44,7 +44,7 @@ def test_sigkill_at_a_random_step_then_same_command_ends_with_the_same_weights(t
     rng = random.Random(seed)
     kill_after = {name: rng.choice([1, 2, 4]) for name in worker.METHODS}
     out = str(tmp_path)
-    command = [sys.executable, WORKER, out, "--delay", "0.3"]
+    command = [sys.executable, WORKER, out, "--delay", "0.15"]
     killed, log = set(), []
     for _ in range(len(worker.METHODS) + 2):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

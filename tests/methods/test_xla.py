@@ -45,15 +45,22 @@ def two_steps(name, jit_compile, views=None):
     return model, history.history["loss"][0]
 
 
+# Methods whose view pipeline another method here already compiles from raw
+# images (SimSiam: MoCo v2's, NNCLR: BYOL's); their steps compile on views.
+SAME_PIPELINE = ("simsiam", "nnclr")
+
+
 @pytest.mark.parametrize("name", list(worker.METHODS))
 def test_train_step_compiles_with_xla_and_matches_the_plain_step(name):
-    # Raw images: views, queues and all inside one XLA computation.
-    compiled, loss = two_steps(name, jit_compile=True)
-    assert compiled.jit_compile is True and np.isfinite(loss)
+    if name not in SAME_PIPELINE:
+        # Raw images: views, queues and all inside one XLA computation.
+        compiled, loss = two_steps(name, jit_compile=True)
+        assert compiled.jit_compile is True and np.isfinite(loss)
     # The same views with and without XLA: the same arithmetic. (Random
     # views themselves differ: XLA picks another stateless RNG algorithm.)
     views = views_dataset(name)
     compiled, loss = two_steps(name, jit_compile=True, views=views)
+    assert compiled.jit_compile is True
     plain, plain_loss = two_steps(name, jit_compile=False, views=views)
     np.testing.assert_allclose(loss, plain_loss, rtol=1e-4, atol=1e-5)
     for a, b in zip(compiled.variables, plain.variables):
