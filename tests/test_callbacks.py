@@ -258,3 +258,18 @@ def test_kcl_pretrain_refuses_to_resume_with_other_settings(tmp_path, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "--batch-size=16 -> 8" in err and "Received: --out=" in err and "Traceback" not in err
+
+
+def test_kcl_pretrain_stops_on_a_nan_loss_naming_the_step_and_checkpoint(tmp_path, capsys):
+    from kcl import cli
+
+    out = str(tmp_path / "run")
+    argv = pretrain_argv(out)
+    argv[argv.index("--set"):argv.index("--set") + 2] = []  # SimCLR: no queue
+    argv[argv.index("mocov2")] = "simclr"
+    # A learning rate of 1e30 overflows the weights within a few steps.
+    assert cli.main([*argv, "--lr", "1e30", "--knn-every", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("kcl pretrain: error: The loss is nan at step "), err
+    last = max(_steps(os.path.join(out, "checkpoints")))
+    assert f"ckpt-{last:09d} (step {last})" in err and "Traceback" not in err
