@@ -195,7 +195,7 @@ def benchmark(
     model.fit(dataset, epochs=1, steps_per_epoch=calls * steps_per_execution, callbacks=[timer.callback], verbose=0)
     seconds = timer.seconds_per_call() / steps_per_execution
 
-    views = len(augmenter(tf.zeros((1, image_size, image_size, channels)), training=True))
+    view_sizes = [v.shape[1] for v in augmenter(tf.zeros((1, image_size, image_size, channels)), training=True)]
     result = {
         "method": method,
         "backbone": backbone,
@@ -210,17 +210,14 @@ def benchmark(
         "step_ms": round(seconds * 1000, 2),
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "device": device_name,
-        "views_per_image": views,
+        "views_per_image": len(view_sizes),
         "mfu": None,
     }
     peak = next((p for key, p in PEAK_FLOPS.items() if key in device_name), None)
     if peak is not None:
         # Multi-crop views are smaller; FLOPs scale with their area.
-        areas = [
-            (v.shape[1] / image_size) ** 2
-            for v in augmenter(tf.zeros((1, image_size, image_size, channels)), training=True)
-        ]
-        flops = forward_flops(encoder, (image_size, image_size, channels)) * 3 * sum(areas)
+        areas = sum((size / image_size) ** 2 for size in view_sizes)
+        flops = forward_flops(encoder, (image_size, image_size, channels)) * 3 * areas
         result["mfu"] = round(flops * batch_size / seconds / peak[precision], 4)
     return result
 

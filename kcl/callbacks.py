@@ -157,6 +157,7 @@ class Checkpoint(keras.callbacks.Callback):
         self._metrics = None
         self._epoch = 0
         self._last_saved = None
+        self._verified = None  # (checkpoint folders, what _newest_valid found in them)
 
     # --------------------------------------------------------------- reading
     def checkpoints(self):
@@ -170,18 +171,29 @@ class Checkpoint(keras.callbacks.Callback):
         return [path for _, path in sorted(steps, reverse=True)]
 
     def _newest_valid(self):
-        """`(path, manifest, arrays)` of the newest checkpoint that verifies, or `None`."""
-        for path in self.checkpoints():
+        """`(path, manifest, arrays)` of the newest checkpoint that verifies, or `None`.
+
+        Remembered while the folder holds the same checkpoints: `initial_step`
+        followed by `fit` reads and hashes the checkpoint once, and warns once
+        about a damaged one.
+        """
+        listing = tuple(self.checkpoints())
+        if self._verified is not None and self._verified[0] == listing:
+            return self._verified[1]
+        found = None
+        for path in listing:
             try:
                 manifest, arrays = read(path)
             except CorruptCheckpointError as error:
                 warnings.warn(
                     f"Skipping the damaged checkpoint {path} ({error}); trying the previous one.",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
-            return path, manifest, arrays
-        return None
+            found = path, manifest, arrays
+            break
+        self._verified = (listing, found)
+        return found
 
     def latest(self):
         """The newest checkpoint that verifies, or `None`."""
@@ -247,6 +259,7 @@ class Checkpoint(keras.callbacks.Callback):
         """
         self.set_model(model)
         found = self._newest_valid()
+        self._verified = None
         if found is None:
             return None
         self._restore(*found)
@@ -287,16 +300,12 @@ class Checkpoint(keras.callbacks.Callback):
                 "Checkpoint needs the number of steps in an epoch: pass `steps_per_epoch` to fit, "
                 "or a dataset of known length. Received: steps_per_epoch=None"
             )
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except OSError as error:
-            raise ValueError(f"Cannot create the checkpoint directory ({error.strerror}). Received: directory={self.directory}") from None
-        if not os.access(self.directory, os.W_OK):
-            raise ValueError(f"Cannot write to the checkpoint directory. Received: directory={self.directory}")
+        files.make_writable_dir(self.directory, "directory")
         for tmp in glob.glob(os.path.join(glob.escape(self.directory), ".tmp-ckpt-*")):
             shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-save
         self._last_saved = None
         found = self._newest_valid()
+        self._verified = None  # the arrays are restored below; do not hold them
         self._skip, self._metrics, self._epoch = 0, None, 0
         if found is None:
             return

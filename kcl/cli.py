@@ -553,19 +553,7 @@ def _load_split(args, split):
 def _check_output_dir(path, flag="--out"):
     from kcl import files
 
-    _check_not_a_file(path, flag)
-    parent = files.existing_ancestor(path)
-    if not os.access(parent, os.W_OK):
-        raise ValueError(
-            f"Cannot write to {parent}; choose another {flag} or make the folder writable. "
-            f"Received: {flag}={path}"
-        )
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:  # e.g. root under /proc, where os.access says yes
-        raise ValueError(
-            f"Cannot create {path} ({error.strerror}); choose another {flag}. Received: {flag}={path}"
-        ) from None
+    files.make_writable_dir(path, flag)
 
 
 # Flags that do not change what is trained: a resumed run may change them.
@@ -934,15 +922,9 @@ def _load_model(path):
 
 
 def _check_not_a_file(path, flag):
-    """`ValueError` naming `flag` when `path` or a folder above it is a file (no folder can go there)."""
     from kcl import files
 
-    probe = files.existing_ancestor(path)
-    if not os.path.isdir(probe):
-        raise ValueError(
-            f"Cannot write {path}: {probe} is a file, not a folder. Choose another "
-            f"{flag}. Received: {flag}={path}"
-        )
+    files.check_not_a_file(path, flag)
 
 
 def _check_images_fit(args, model, images):

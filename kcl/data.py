@@ -351,14 +351,12 @@ def pretrain_dataset(
     epochs = _check_int("epochs", epochs, 1)
     initial_step = _check_int("initial_step", initial_step, 0, epochs * steps, "epochs * steps per epoch")
     count = len(images)
-    base = tf.constant([seed, 1], tf.int64)
     tensors = tf.nest.map_structure(tf.convert_to_tensor, elements)
 
     def epoch_batches(epoch):
         order = tf.range(count, dtype=tf.int64)
         if shuffle:
-            key = tf.random.experimental.stateless_fold_in(base, epoch)
-            order = tf.random.experimental.stateless_shuffle(order, seed=key)
+            order = tf.random.experimental.stateless_shuffle(order, seed=_stateless_key(seed, 2, epoch))
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
 
     def gather(index):
@@ -528,6 +526,19 @@ def _check_int(name, value, low, high=None, high_name=None):
     return int(value)
 
 
+def _stateless_key(seed, stream, counter):
+    """The stateless RNG seed of draw `counter` of stream `stream` under `seed`.
+
+    Streams: 0 and 1 for `SlidingWindowScheduler`'s permutations and window
+    shuffles, 2 for `pretrain_dataset`'s epoch shuffles.
+    """
+    import tensorflow as tf
+
+    fold = tf.random.experimental.stateless_fold_in
+    base = tf.constant([seed, 0], tf.int64)
+    return fold(fold(base, stream), tf.cast(counter, tf.int64))
+
+
 class SlidingWindowScheduler:
     """PIC's sliding-window data scheduler: which instances each scheduler epoch sees.
 
@@ -589,13 +600,9 @@ class SlidingWindowScheduler:
         self.reshuffle = reshuffle
 
     def _key(self, stream, counter):
-        import tensorflow as tf
-
-        fold = tf.random.experimental.stateless_fold_in
-        base = tf.constant([self.seed, 0], tf.int64)
         # Separate streams for permutations (0) and window shuffles (1), so
         # cycle c and epoch e never share a seed.
-        return fold(fold(base, stream), tf.cast(counter, tf.int64))
+        return _stateless_key(self.seed, stream, counter)
 
     def permutation(self, cycle):
         """The permutation `perm_c` of `0 .. N - 1` used in cycle `cycle`, int64 `[N]`."""

@@ -13,6 +13,33 @@ def digest(path, algorithm="sha256"):
     return hasher.hexdigest()
 
 
+def check_not_a_file(path, name):
+    """`ValueError` naming `name` when `path` or a folder above it is a file (no folder can go there)."""
+    probe = existing_ancestor(path)
+    if not os.path.isdir(probe):
+        raise ValueError(
+            f"Cannot write {path}: {probe} is a file, not a folder. Choose another "
+            f"{name}. Received: {name}={path}"
+        )
+
+
+def make_writable_dir(path, name):
+    """Creates the folder `path` (parents too) or raises a `ValueError` naming `name` (a flag or argument)."""
+    check_not_a_file(path, name)
+    parent = existing_ancestor(path)
+    if not os.access(parent, os.W_OK):
+        raise ValueError(
+            f"Cannot write to {parent}; choose another {name} or make the folder writable. "
+            f"Received: {name}={path}"
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:  # e.g. root under /proc, where os.access says yes
+        raise ValueError(
+            f"Cannot create {path} ({error.strerror}); choose another {name}. Received: {name}={path}"
+        ) from None
+
+
 def existing_ancestor(path):
     """`path` made absolute, or its nearest parent that exists (where a write would land)."""
     probe = os.path.abspath(path)

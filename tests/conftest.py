@@ -39,3 +39,22 @@ def two_cpu_strategy():
 def two_cpus():
     """The shared two-replica MirroredStrategy (see `two_cpu_strategy`)."""
     return two_cpu_strategy()
+
+
+def write_image_folder(root, per_class, size=16):
+    """root/train/ and root/test/ with 2 classes x `per_class` grey PNGs: dark and bright noise.
+
+    The layout `kcl pretrain --data <folder>` reads; returns `str(root)`.
+    """
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(("dark", "bright")):
+            directory = root / split / name
+            directory.mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 100, (size, size, 1)) + 150 * label
+                keras.utils.save_img(str(directory / f"{i}.png"), image.astype("uint8"), scale=False)
+    return str(root)

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 import kcl
 from kcl import cli
-from tests.conftest import two_cpu_strategy
+from tests.conftest import two_cpu_strategy, write_image_folder
 from tests.methods.checks import random_images, random_views, tiny_encoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -133,16 +133,7 @@ class Resources:
     @functools.cached_property
     def folder(self):
         """train/ and test/, each 2 classes x 8 grey 16x16 PNGs (the CLI's --data)."""
-        root = self.root / "images"
-        rng = np.random.default_rng(0)
-        for split in ("train", "test"):
-            for label, name in enumerate(("dark", "bright")):
-                directory = root / split / name
-                directory.mkdir(parents=True)
-                for i in range(8):
-                    image = rng.integers(0, 100, (SIZE, SIZE, 1)) + 150 * label
-                    keras.utils.save_img(str(directory / f"{i}.png"), image.astype("uint8"), scale=False)
-        return str(root)
+        return write_image_folder(self.root / "images", per_class=8, size=SIZE)
 
     @functools.cached_property
     def model_file(self):

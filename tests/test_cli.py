@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from kcl import cli
+from tests.conftest import write_image_folder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMANDS = ("pretrain", "eval", "export")
@@ -43,16 +44,7 @@ def assert_one_line_error(code, err, *needles):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """train/ and test/ with 2 classes x 40 grey 16x16 PNGs: dark and bright noise."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for label, name in enumerate(("dark", "bright")):
-            directory = root / split / name
-            directory.mkdir(parents=True)
-            for i in range(40):
-                image = rng.integers(0, 100, (16, 16, 1)) + 150 * label
-                keras.utils.save_img(str(directory / f"{i}.png"), image.astype("uint8"), scale=False)
-    return str(root)
+    return write_image_folder(tmp_path_factory.mktemp("images"), per_class=40)
 
 
 # ----------------------------------------------------------------------- help
