@@ -39,7 +39,8 @@ test: $(STAMP) data
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python benchmarks/simclr_step.py --markdown
+	$(BIN)/python benchmarks/torch_steps.py --check
+	$(BIN)/python benchmarks/torch_steps.py --threads 2 --repeats 2 --markdown
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -105,10 +105,6 @@ TORCH_MISSING = (
     "or run only kcl with --frameworks kcl."
 )
 
-# kcl.backbones.IMAGENET_MEAN / IMAGENET_STD, repeated here so the torch
-# child never imports TensorFlow.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TEMPERATURE = 0.5
 PROJECTION_DIM = 128
 LEARNING_RATE = 0.1
@@ -165,11 +161,6 @@ def _peak_rss_mib():
     # ru_maxrss is in KiB on Linux (bytes on macOS).
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def _widths(width):
-    """Channel counts of the stem and the four stages, rounded as kcl does."""
-    return round(64 * width), [round(64 * width * 2**s) for s in range(4)]
 
 
 def _hidden_dim(width):
@@ -384,81 +375,18 @@ def build_torch(torch, args):
     `encoder.<key>`; the head's names follow kcl's `MLPHead`
     (`dense_0`, `bn_0`, `dense_1`).
     """
+    import torch_reference
+
     nn = torch.nn
     F = torch.nn.functional
-    channels, width = args.channels, args.width
-    stem, planes = _widths(width)
-
-    class BasicBlock(nn.Module):
-        def __init__(self, inplanes, planes, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.relu = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                    nn.BatchNorm2d(planes),
-                )
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + identity)
-
-    class ResNet18Cifar(nn.Module):
-        def __init__(self):
-            super().__init__()
-            if channels == 3:
-                mean, std = IMAGENET_MEAN, IMAGENET_STD
-            else:
-                mean = (sum(IMAGENET_MEAN) / 3,) * channels
-                std = (sum(IMAGENET_STD) / 3,) * channels
-            # Non-persistent: constants, like kcl's Normalization layer.
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-            self.conv1 = nn.Conv2d(channels, stem, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(stem)
-            self.relu = nn.ReLU(inplace=True)
-            inplanes = stem
-            for stage, p in enumerate(planes):
-                blocks = []
-                for index in range(2):
-                    stride = 2 if stage > 0 and index == 0 else 1
-                    blocks.append(BasicBlock(inplanes, p, stride))
-                    inplanes = p
-                setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-            self.feature_dim = inplanes
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):  # as torchvision and kcl
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-        def forward(self, x):
-            x = (x - self.mean) / self.std
-            x = self.relu(self.bn1(self.conv1(x)))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    class ProjectionHead(nn.Module):
-        def __init__(self, in_dim, hidden, out_dim):
-            super().__init__()
-            self.dense_0 = nn.Linear(in_dim, hidden, bias=False)
-            self.bn_0 = nn.BatchNorm1d(hidden)
-            self.dense_1 = nn.Linear(hidden, out_dim)
-
-        def forward(self, x):
-            return self.dense_1(F.relu(self.bn_0(self.dense_0(x))))
+    width = args.width
 
     class SimCLR(nn.Module):
         def __init__(self):
             super().__init__()
-            self.encoder = ResNet18Cifar()
-            self.projector = ProjectionHead(
-                self.encoder.feature_dim, _hidden_dim(width), PROJECTION_DIM
+            self.encoder = torch_reference.ResNet18Cifar(args.channels, width)
+            self.projector = torch_reference.MLPHead(
+                self.encoder.feature_dim, (_hidden_dim(width),), PROJECTION_DIM
             )
 
         def loss(self, view1, view2):

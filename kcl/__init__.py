@@ -10,6 +10,7 @@ Public modules:
 - `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
 - `kcl.callbacks`: `Checkpoint`, exact resume after any interruption; stops on a NaN loss.
+- `kcl.pictures`: t-SNE and PCA scatter plots, retrieval grids, Grad-CAM saliency.
 - `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
 - `kcl.zoo`: `load(name_or_dir)`, `list()`, presets, the weights trained here.
 - `kcl.convert`: the authors' torchvision-layout checkpoints into kcl backbones.
@@ -31,6 +32,7 @@ from kcl import (
     methods,  # noqa: F401
     negatives,  # noqa: F401
     optimizers,  # noqa: F401
+    pictures,  # noqa: F401
     queues,  # noqa: F401
     robustness,  # noqa: F401
     zoo,  # noqa: F401

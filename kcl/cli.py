@@ -197,6 +197,22 @@ def build_parser():
         help="training images in the monitor's kNN memory bank (the final "
         "evaluation uses all). Default: 10000.",
     )
+    pretrain.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="compute precision: float32, or mixed bfloat16/float16 (variables stay float32; "
+        "float16 with dynamic loss scaling). auto: what measured fastest on this device "
+        "(kcl.bench.device_settings: bfloat16 on CPUs with native bfloat16 and on GPUs "
+        "from compute capability 8.0, else float32 on CPUs). Default: auto.",
+    )
+    pretrain.add_argument(
+        "--jit",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA compilation of the training step. auto: off on CPUs (measured slower), "
+        "on on GPUs. Default: auto.",
+    )
     pretrain.add_argument("--no-probe", action="store_true", help="do not train the online linear probe.")
     pretrain.add_argument("--no-export", action="store_true", help="skip the SavedModel export.")
     pretrain.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
@@ -216,15 +232,92 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "eval",
-        help="kNN and linear-probe accuracy of a trained model or encoder",
-        description="Evaluate a trained model (.keras file of a kcl method or an "
-        "encoder) on a labelled dataset: weighted kNN (k=200, t=0.1), cosine "
-        "20-NN and a linear probe, each next to the same classifier on raw pixels.",
+        help="kNN, linear, fine-tuning and transfer accuracy of a trained model; a report",
+        description="Evaluate a trained model (a .keras file of a kcl method or an "
+        "encoder, a zoo preset name, a preset folder or archive, or a SavedModel "
+        "folder) on a labelled dataset: weighted kNN (k=200, t=0.1), cosine "
+        "20-NN and a linear classifier, each next to the same classifier on raw "
+        "pixels; optionally the papers' protocols (--linear-protocol, --fine-tune, "
+        "--transfer), the corruption suite (--robustness) and a report with figures "
+        "(--report). docs/evaluation.md tells which protocols are the papers' and "
+        "which are fast stand-ins.",
     )
-    evaluate.add_argument("--model", required=True, help="path of a .keras file.")
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file (kcl method or encoder), a zoo preset name "
+        "(kcl.zoo.list(), e.g. simclr_r18_fmnist), a preset folder or .tar/.tgz/.zip "
+        "archive (kcl.zoo.load), or a SavedModel folder (`kcl export`, holding "
+        "saved_model.pb; its serving_default signature is called).",
+    )
     _add_data_flags(evaluate)
-    evaluate.add_argument("--no-linear", action="store_true", help="skip the linear probe.")
+    evaluate.add_argument("--no-linear", action="store_true", help="skip the linear classifier.")
+    evaluate.add_argument(
+        "--linear-protocol",
+        choices=("standard", "lbfgs", "closed_form"),
+        default=None,
+        help="linear evaluation by kcl.eval.linear_eval: 'standard' (the papers': "
+        "SGD on augmented crops of the frozen encoder, --linear-epochs), 'lbfgs' "
+        "(logistic regression on fixed features, fast) or 'closed_form' (ridge "
+        "regression, fastest); top-1 and top-5 on centre crops. Default: the quick "
+        "AdamW probe on fixed features (kcl.eval.linear_probe).",
+    )
+    evaluate.add_argument(
+        "--linear-epochs",
+        type=int,
+        default=None,
+        help="epochs of --linear-protocol standard. Default: 90.",
+    )
+    evaluate.add_argument(
+        "--fine-tune",
+        default=None,
+        metavar="FRACTIONS",
+        help="SimCLR's semi-supervised protocol (kcl.eval.fine_tune) for each "
+        "comma-separated label fraction in (0, 1], e.g. 0.01,0.1: a copy of the "
+        "encoder fine-tuned on a class-balanced subset of the training labels. The "
+        "subsets are saved as JSON (and reused by later runs) under --report "
+        "DIR/subsets/, else in a subsets/ folder next to --json, else not at all. "
+        "Not for a SavedModel (it has no Keras weights to train).",
+    )
+    evaluate.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=None,
+        help="epochs of each --fine-tune run. Default: 60 for fractions up to 0.01, else 30.",
+    )
+    evaluate.add_argument(
+        "--transfer",
+        default=None,
+        metavar="NAMES",
+        help="transfer by linear evaluation (kcl.eval.transfer) to each "
+        "comma-separated tfds dataset, e.g. cifar10,stl10, with --linear-protocol "
+        "(default: lbfgs).",
+    )
+    evaluate.add_argument("--tfds-dir", default=None, help="tfds' data_dir for --transfer. Default: tfds' own.")
+    evaluate.add_argument(
+        "--transfer-limit",
+        type=int,
+        default=None,
+        help="with --transfer: at most N training and N test images per dataset. Default: all.",
+    )
     evaluate.add_argument("--json", default=None, help="also write the results to this JSON file.")
+    evaluate.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="write a report into DIR: tsne.png (t-SNE of up to 2,000 test embeddings, "
+        "class-balanced), retrieval.png (8 test queries and their 8 nearest training "
+        "images), saliency.png (Grad-CAM of 8 test images next to a supervised copy "
+        "of the encoder trained for --saliency-epochs; skipped, with a note, for an "
+        "encoder without a feature map such as a SavedModel), report.md (every "
+        "table and figure) and report.json (the numbers and the files).",
+    )
+    evaluate.add_argument(
+        "--saliency-epochs",
+        type=int,
+        default=None,
+        help="with --report: epochs of the supervised baseline of saliency.png. Default: 3.",
+    )
     evaluate.add_argument(
         "--robustness",
         default=None,
@@ -241,7 +334,13 @@ def build_parser():
         help="with --robustness: a folder of test-split textures (`kcl build-textures "
         "--split test`) for the texture pairs of similarity.png.",
     )
-    evaluate.add_argument("--seed", type=int, default=0, help="corruption and patch seed. Default: 0.")
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the corruptions, patches, label subsets, classifiers and "
+        "figures. Default: 0.",
+    )
 
     export = commands.add_parser(
         "export",
@@ -672,19 +771,78 @@ def _monitor_baseline(args, train, test, table):
     return (f"raw pixels kNN-200 (same {bank}-image bank)", accuracy)
 
 
-def _print_table(table, linear=None):
+def _print_table(table, linear=None, linear_name="linear probe"):
+    width = max(13, len(linear_name))
     header = f"{'features':<12} {'kNN-200 (weighted, t=0.1)':>26} {'20-NN (cosine)':>15}"
     if linear:
-        header += f" {'linear probe':>13}"
+        header += f" {linear_name:>{width}}"
     print(header)
     for name, row in table.items():
         line = f"{name:<12} {row['knn200_weighted'] * 100:>25.2f}% {row['nn20_cosine'] * 100:>14.2f}%"
         if linear:
-            line += f" {linear[name] * 100:>12.2f}%"
+            # A row the linear evaluation skipped (closed_form on large images) shows "-".
+            line += f" {linear[name] * 100:>{width - 1}.2f}%" if name in linear else f" {'-':>{width}}"
         print(line)
 
 
 # ----------------------------------------------------------------- commands
+def _step_settings(args):
+    """--precision and --jit, with `auto` resolved by `kcl.bench.device_settings`; printed."""
+    from kcl import bench
+
+    best = bench.device_settings()
+    precision = best["precision"] if args.precision == "auto" else args.precision
+    jit = best["jit_compile"] if args.jit == "auto" else args.jit == "on"
+    why = f" (auto: {best['reason']})" if "auto" in (args.precision, args.jit) else ""
+    print(f"kcl: {best['device']}, precision {precision}, XLA {'on' if jit else 'off'}{why}", flush=True)
+    return {"precision": precision, "policy": bench.PRECISIONS[precision], "jit_compile": jit}
+
+
+def _build_model(args, method_cls, channels, size, epochs, steps_per_epoch, num_classes, scheduler, num_train):
+    """The method of `kcl pretrain`: encoder, augmenter, --set and weak negatives; returns (model, textures)."""
+    import kcl
+
+    parameters = inspect.signature(method_cls).parameters
+    # Any input size: multi-crop methods (SwAV, PIC) feed crops of several
+    # sizes; the export resizes to the training size.
+    encoder = kcl.backbones.get(
+        args.backbone, input_shape=(None, None, channels), width=args.width, synchronized_bn=True
+    )
+    try:
+        augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--augment: {error}") from None
+    method_args = dict(args.set)
+    if "total_steps" in parameters:
+        # Schedules inside the method (BYOL's EMA) span the whole run.
+        method_args.setdefault("total_steps", epochs * steps_per_epoch)
+    if "num_instances" in parameters:
+        method_args.setdefault("num_instances", num_train)
+    if "steps_per_epoch" in parameters:
+        # Epoch-based settings inside the method (SwAV's queue start).
+        method_args.setdefault("steps_per_epoch", steps_per_epoch)
+    weak_args, textures = _weak_negatives(args, method_cls, num_train)
+    if textures is not None and scheduler is not None:
+        raise ValueError(
+            "Texture negatives are not supported with PIC's sliding window. "
+            f"Received: --method={args.method}"
+        )
+    method_args.update(weak_args)
+    try:
+        model = method_cls(
+            encoder,
+            augmenter=augmenter,
+            num_classes=None if args.no_probe else num_classes,
+            **method_args,
+        )
+    except (TypeError, ValueError) as error:
+        if not args.set:
+            raise
+        # An unknown name, or a value of the wrong type, given through --set.
+        raise ValueError(f"--set: {error}") from None
+    return model, textures
+
+
 def cmd_pretrain(args):
     import keras
 
@@ -757,44 +915,18 @@ def cmd_pretrain(args):
             f"Received: --method={args.method}"
         )
 
-    # Any input size: multi-crop methods (SwAV, PIC) feed crops of several
-    # sizes; the export resizes to the training size.
-    encoder = kcl.backbones.get(
-        args.backbone, input_shape=(None, None, channels), width=args.width, synchronized_bn=True
-    )
+    settings = _step_settings(args)
+    # The dtype policy is read when layers are made: set for the encoder
+    # and the method, then restored (model.save keeps it with the layers).
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(settings["policy"])
     try:
-        augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"--augment: {error}") from None
-    method_args = dict(args.set)
-    if "total_steps" in parameters:
-        # Schedules inside the method (BYOL's EMA) span the whole run.
-        method_args.setdefault("total_steps", epochs * steps_per_epoch)
-    if "num_instances" in parameters:
-        method_args.setdefault("num_instances", len(x_train))
-    if "steps_per_epoch" in parameters:
-        # Epoch-based settings inside the method (SwAV's queue start).
-        method_args.setdefault("steps_per_epoch", steps_per_epoch)
-    weak_args, textures = _weak_negatives(args, method_cls, len(x_train))
-    if textures is not None and scheduler is not None:
-        raise ValueError(
-            "Texture negatives are not supported with PIC's sliding window. "
-            f"Received: --method={args.method}"
+        model, textures = _build_model(
+            args, method_cls, channels, size, epochs, steps_per_epoch, num_classes, scheduler, len(x_train)
         )
-    method_args.update(weak_args)
-    try:
-        model = method_cls(
-            encoder,
-            augmenter=augmenter,
-            num_classes=None if args.no_probe else num_classes,
-            **method_args,
-        )
-    except (TypeError, ValueError) as error:
-        if not args.set:
-            raise
-        # An unknown name, or a value of the wrong type, given through --set.
-        raise ValueError(f"--set: {error}") from None
-    model.compile(optimizer=_optimizer(args, steps_per_epoch, epochs))
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    model.compile(optimizer=_optimizer(args, steps_per_epoch, epochs), jit_compile=settings["jit_compile"])
     # All of the run's state goes to --out/checkpoints; the same command
     # resumes from the newest, with the batches it would have seen next.
     checkpoint = kcl.callbacks.Checkpoint(
@@ -872,6 +1004,8 @@ def cmd_pretrain(args):
         "batch_size": args.batch_size,
         "weak_negatives": args.weak_negatives,
         "recipe": args.recipe,
+        "precision": settings["precision"],
+        "jit_compile": settings["jit_compile"],
         "train_seconds": round(train_seconds, 1),
         "knn": table,
     }
@@ -919,6 +1053,132 @@ def _load_model(path):
             f"--model could not be loaded ({cause}); save the model again with "
             f"`kcl pretrain` or model.save. Received: --model={path}"
         ) from None
+
+
+def _is_saved_model(path):
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def _saved_model_encoder(path):
+    """A SavedModel as an encoder: a `keras.Model` from views in [0, 1] to its 'features'.
+
+    The views are scaled to uint8 [0, 255] (rounded, so uint8 images divided
+    by 255, as `kcl.eval.embed` feeds them, come back exactly) and passed to
+    the `serving_default` signature through `keras.layers.TFSMLayer`; the
+    SavedModel resizes and normalises inside, so the model takes any size.
+    The signature is read from saved_model.pb first, so a SavedModel that
+    is not a feature extractor is refused with its inputs and outputs named.
+    """
+    import keras
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+    except (OSError, DecodeError) as error:
+        raise ValueError(
+            f"--model holds a saved_model.pb that cannot be read ({type(error).__name__}: {error}); "
+            f"export the model again (`kcl export`). Received: --model={path}"
+        ) from None
+    signature = proto.meta_graphs[0].signature_def.get("serving_default") if proto.meta_graphs else None
+    if signature is None:
+        raise ValueError(
+            "--model is a SavedModel without a serving_default signature (`kcl export` "
+            f"writes one); it may be damaged. Received: --model={path}"
+        )
+    inputs = list(signature.inputs.values())
+    shape = inputs[0].tensor_shape if len(inputs) == 1 else None
+    if (
+        shape is None
+        or inputs[0].dtype != types_pb2.DT_UINT8
+        or shape.unknown_rank
+        or len(shape.dim) != 4
+        or "features" not in signature.outputs
+    ):
+        taken = ", ".join(
+            f"{name}: {types_pb2.DataType.Name(info.dtype)} {[d.size for d in info.tensor_shape.dim]}"
+            for name, info in signature.inputs.items()
+        )
+        raise ValueError(
+            "--model is a SavedModel whose serving_default signature does not take uint8 "
+            "images [N, H, W, C] and return 'features' (as `kcl export` writes it): it takes "
+            f"{taken or 'nothing'} and returns {sorted(signature.outputs)}. Received: --model={path}"
+        )
+    channels = shape.dim[3].size if shape.dim[3].size > 0 else None
+    try:
+        layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=False, name="saved_model")
+        views = keras.Input((None, None, channels), name="views")
+        images = keras.ops.cast(keras.ops.clip(keras.ops.round(views * 255.0), 0.0, 255.0), "uint8")
+        return keras.Model(views, layer(images)["features"], name="saved_model_encoder")
+    except Exception as error:  # noqa: BLE001  any fault of the folder is the user's to fix
+        cause = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        raise ValueError(
+            f"--model could not be loaded as a SavedModel ({cause}). Received: --model={path}"
+        ) from None
+
+
+def _load_preset(spec):
+    """`kcl.zoo.load(spec)`, its errors naming --model."""
+    from kcl import zoo
+
+    try:
+        return zoo.load(spec)
+    except (ValueError, TypeError, KeyError, OSError) as error:  # OSError: FileNotFoundError too
+        cause = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ValueError(f"--model could not be loaded as a preset ({cause}). Received: --model={spec}") from None
+
+
+# `_load_eval_model`'s kinds of model, in words.
+_MODEL_KINDS = {"saved_model": "SavedModel", "preset": "preset", "keras": ".keras file", "zoo": "zoo preset"}
+
+
+def _load_eval_model(spec):
+    """The model `kcl eval --model` names, loaded, and its kind.
+
+    `spec` is a SavedModel folder (holding saved_model.pb), a preset folder
+    or archive, a `.keras` file, or a zoo preset name, tried in that order.
+
+    Returns:
+        `(model, kind)`, kind one of `"saved_model"`, `"preset"`, `"keras"`,
+        `"zoo"`.
+    """
+    import difflib
+
+    from kcl import zoo
+
+    if _is_saved_model(spec):
+        return _saved_model_encoder(spec), "saved_model"
+    if os.path.isdir(spec):
+        if not os.path.isfile(os.path.join(spec, zoo.CONFIG_FILE)):
+            raise ValueError(
+                "--model is a folder that holds neither a SavedModel (saved_model.pb) nor a "
+                f"preset ({zoo.CONFIG_FILE}, {zoo.METADATA_FILE}, {zoo.WEIGHTS_FILE}). Received: --model={spec}"
+            )
+        return _load_preset(spec), "preset"
+    if spec.lower().endswith(zoo.ARCHIVE_SUFFIXES):
+        if not os.path.isfile(spec):
+            raise ValueError(f"No such preset archive. Received: --model={spec}")
+        return _load_preset(spec), "preset"
+    if spec.endswith(".keras") or os.path.exists(spec) or os.sep in spec or spec.startswith((".", "~")):
+        if os.path.isfile(spec) and not spec.endswith(".keras"):
+            raise ValueError(
+                "--model must be a .keras file, a preset folder or archive "
+                f"({', '.join(zoo.ARCHIVE_SUFFIXES)}), a SavedModel folder or a zoo preset name. "
+                f"Received: --model={spec}"
+            )
+        return _load_model(spec), "keras"
+    names = zoo.list()
+    if spec not in names:
+        close = difflib.get_close_matches(spec, names, n=3)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"--model is no file or folder, nor a zoo preset name.{hint} Known names: "
+            f"{', '.join(names)}. Received: --model={spec}"
+        )
+    return _load_preset(spec), "zoo"
 
 
 def _check_not_a_file(path, flag):
@@ -995,45 +1255,404 @@ def cmd_bench(args):
     return results
 
 
-def cmd_eval(args):
-    import kcl
-
+def _check_eval_flags(args):
+    """Checks `kcl eval`'s flags before the (slow) model and data; returns (fractions, transfer names)."""
     # Flag mistakes first, before the (slow) model, data and evaluation.
-    if args.textures and not args.robustness:
-        raise ValueError(f"--textures goes with --robustness. Received: --textures={args.textures}")
+    for flag, needs in (
+        ("textures", "robustness"),
+        ("fine_tune_epochs", "fine_tune"),
+        ("tfds_dir", "transfer"),
+        ("transfer_limit", "transfer"),
+        ("saliency_epochs", "report"),
+    ):
+        value = getattr(args, flag)
+        if value is not None and getattr(args, needs) is None:
+            name = "--" + flag.replace("_", "-")
+            raise ValueError(f"{name} goes with --{needs.replace('_', '-')}. Received: {name}={value}")
+    for flag in ("linear_epochs", "fine_tune_epochs", "transfer_limit", "saliency_epochs"):
+        value, name = getattr(args, flag), "--" + flag.replace("_", "-")
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
+    if args.linear_epochs is not None and args.linear_protocol != "standard":
+        raise ValueError(
+            "--linear-epochs goes with --linear-protocol standard (the other protocols fit "
+            f"fixed features, without epochs). Received: --linear-protocol={args.linear_protocol}"
+        )
+    if args.no_linear and args.linear_protocol and not args.transfer:
+        raise ValueError(
+            "--no-linear skips the linear evaluation whose protocol --linear-protocol sets. "
+            f"Received: --linear-protocol={args.linear_protocol}"
+        )
+    fractions = None
+    if args.fine_tune is not None:
+        try:
+            fractions = [float(v) for v in args.fine_tune.split(",") if v.strip()]
+        except ValueError:
+            fractions = []
+        # NaN fails both comparisons.
+        if not fractions or not all(0 < v <= 1 for v in fractions):
+            raise ValueError(
+                "--fine-tune takes comma-separated label fractions in (0, 1], e.g. 0.01,0.1. "
+                f"Received: --fine-tune={args.fine_tune}"
+            )
+        fractions = list(dict.fromkeys(fractions))
+        if _is_saved_model(args.model):
+            raise ValueError(
+                "--fine-tune trains the encoder's weights, and a SavedModel has no Keras "
+                "weights to train; pass the .keras file or preset the SavedModel was "
+                f"exported from. Received: --model={args.model}"
+            )
+    names = None
+    if args.transfer is not None:
+        names = list(dict.fromkeys(n.strip() for n in args.transfer.split(",") if n.strip()))
+        if not names:
+            raise ValueError(
+                f"--transfer takes comma-separated tfds names, e.g. cifar10,stl10. Received: --transfer={args.transfer}"
+            )
     if args.json and os.path.isdir(args.json):
         raise ValueError(f"--json is the path of a file to write, not a folder. Received: --json={args.json}")
     if args.json:
         _check_not_a_file(os.path.dirname(os.path.abspath(args.json)), "--json")
-    if args.robustness:
-        _check_not_a_file(args.robustness, "--robustness")
-    model = _load_model(args.model)
+    for flag in ("robustness", "report"):
+        if getattr(args, flag):
+            _check_not_a_file(getattr(args, flag), "--" + flag)
+    return fractions, names
+
+
+def cmd_eval(args):
+    import kcl
+
+    fractions, transfer_names = _check_eval_flags(args)
+    model, kind = _load_eval_model(args.model)
     train = _load_split(args, "train")
     test = _load_split(args, "test")
     _check_images_fit(args, model, train[0])
+    print(f"kcl: {_MODEL_KINDS[kind]} {args.model}: embedding {len(train[0])} training and {len(test[0])} "
+          "test images ...", flush=True)
     features = (kcl.eval.embed(model, train[0]), kcl.eval.embed(model, test[0]))
     table = _knn_table(train, test, features)
-    linear = None
-    if not args.no_linear:
+    results = {"knn": table, "linear_probe": None}
+    linear, linear_name = None, "linear probe"
+    if args.no_linear:
+        pass
+    elif args.linear_protocol is None:
+        print("kcl: linear probe (AdamW on fixed features) of raw pixels and the encoder ...", flush=True)
         linear = {
             "raw pixels": kcl.eval.linear_probe(kcl.eval.pixels(train[0]), train[1], kcl.eval.pixels(test[0]), test[1]),
             "encoder": kcl.eval.linear_probe(features[0], train[1], features[1], test[1]),
         }
-    _print_table(table, linear)
-    results = {"knn": table, "linear_probe": linear}
+        results["linear_probe"] = linear
+    else:
+        results["linear_eval"] = _linear_eval(args, model, train, test)
+        linear = {name: row["top1"] for name, row in results["linear_eval"].items()}
+        linear_name = f"linear {args.linear_protocol}"
+    _print_table(table, linear, linear_name)
+    if fractions:
+        results["fine_tune"] = _fine_tune(args, model, train, test, fractions)
+    if transfer_names:
+        results["transfer"] = _transfer(args, model, train, transfer_names)
+    figures = []  # every figure this run writes
     if args.robustness:
-        results["robustness"] = _robustness(args, model, train, test, features)
+        results["robustness"] = _robustness(args, model, train, test, features, figures)
+    if args.report:
+        _report(args, kind, model, train, test, features, results, figures)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(results, f, indent=1, default=_json_value)
     return results
 
 
-def _robustness(args, model, train, test, features):
+def _json_value(value):
+    """NumPy scalars and arrays as JSON values (json.dump's `default`)."""
+    import numpy as np
+
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _pixel_encoder(shape):
+    """Raw pixels as an "encoder" of views in [0, 1]: the images flattened, for linear_eval's baseline."""
+    import keras
+
+    return keras.Sequential([keras.Input(shape), keras.layers.Flatten()], name="raw_pixels")
+
+
+def _linear_eval(args, model, train, test):
+    """`kcl.eval.linear_eval` with --linear-protocol of raw pixels and of the encoder."""
+    import math
+
+    from kcl import eval as kcl_eval
+
+    rows = {"raw pixels": _pixel_encoder(train[0].shape[1:]), "encoder": model}
+    pixels = math.prod(train[0].shape[1:])
+    if args.linear_protocol == "closed_form" and pixels > _CLOSED_FORM_PIXELS:
+        # The ridge normal equations are [D, D]: 8192 pixels take 512 MiB.
+        print(f"kcl: no raw-pixel baseline for closed_form ({pixels} pixels per image)", flush=True)
+        del rows["raw pixels"]
+    results = {}
+    for name, encoder in rows.items():
+        print(f"kcl: linear evaluation ({args.linear_protocol}) of {name} ...", flush=True)
+        results[name] = kcl_eval.linear_eval(
+            encoder, train, test, protocol=args.linear_protocol, epochs=args.linear_epochs, seed=args.seed
+        )
+    return results
+
+
+# The most pixels per image of closed_form's raw-pixel baseline (a [D, D] float64 system).
+_CLOSED_FORM_PIXELS = 8192
+
+
+def _subset_dir(args):
+    """Where --fine-tune keeps its label subsets: --report DIR/subsets/, else subsets/ next to --json, else None."""
+    if args.report:
+        return os.path.join(args.report, "subsets")
+    if args.json:
+        return os.path.join(os.path.dirname(os.path.abspath(args.json)), "subsets")
+    return None
+
+
+def _fine_tune(args, model, train, test, fractions):
+    """`kcl.eval.fine_tune` for each --fine-tune fraction; JSON-ready results keyed by fraction."""
+    from kcl import eval as kcl_eval
+
+    folder = _subset_dir(args)
+    results = {}
+    for fraction in fractions:
+        # 0.01 -> subset_1pc.json, as the SimCLR 1% and 10% subsets are named.
+        path = None if folder is None else os.path.join(folder, f"subset_{fraction * 100:g}pc.json")
+        print(f"kcl: fine-tuning a copy of the encoder on {fraction * 100:g}% of the training labels ...", flush=True)
+        try:
+            run = kcl_eval.fine_tune(
+                model, train, test, label_fraction=fraction, epochs=args.fine_tune_epochs,
+                seed=args.seed, subset_path=path,
+            )
+        except ValueError as error:  # e.g. a saved subset drawn from other labels
+            raise ValueError(f"--fine-tune: {error}") from None
+        keys = ("label_fraction", "num_labelled", "subset_path", "top1", "top5", "epochs",
+                "learning_rate", "num_classes", "num_test", "history")
+        results[f"{fraction:g}"] = {key: run[key] for key in keys}
+        top5 = "" if run["top5"] is None else f", top-5 {run['top5'] * 100:.2f}%"
+        print(f"kcl: fine-tuned on {run['num_labelled']} labelled images for {run['epochs']} epochs: "
+              f"top-1 {run['top1'] * 100:.2f}%{top5}", flush=True)
+    return results
+
+
+def _transfer(args, model, train, names):
+    """`kcl.eval.transfer` to the --transfer datasets with --linear-protocol (default lbfgs)."""
+    from kcl import eval as kcl_eval
+
+    encoder = getattr(model, "encoder", model)
+    # An encoder of any size (kcl pretrain's, a SavedModel) is fed the size it
+    # is evaluated at here.
+    size = tuple(int(d) for d in train[0].shape[1:3]) if None in tuple(encoder.input_shape[1:3]) else None
+    protocol = args.linear_protocol or "lbfgs"
+    extra = {"epochs": args.linear_epochs} if protocol == "standard" else {}
+    print(f"kcl: transfer by linear evaluation ({protocol}) to {', '.join(names)} ...", flush=True)
+    try:
+        report = kcl_eval.transfer(
+            model, names, protocol=protocol, data_dir=args.tfds_dir, train_limit=args.transfer_limit,
+            test_limit=args.transfer_limit, image_size=size, seed=args.seed, **extra,
+        )
+    except (ValueError, RuntimeError) as error:  # unknown, unprepared or unloadable datasets
+        raise ValueError(f"--transfer: {error}") from None
+    print(report["table"])
+    return report
+
+
+# Images drawn in the report's retrieval grid and saliency figure, and the
+# points of its t-SNE.
+_REPORT_IMAGES = 8
+_TSNE_POINTS = 2000
+
+
+def _uint8(images):
+    import numpy as np
+
+    images = np.asarray(images)
+    return images if images.dtype == np.uint8 else np.clip(np.rint(images), 0, 255).astype("uint8")
+
+
+def _report(args, kind, model, train, test, features, results, figures):
+    """`kcl eval --report DIR`: the figures, report.md and report.json.
+
+    `figures` holds the figures written before (--robustness); the report
+    adds its own and lists exactly these. A figure that cannot be drawn
+    (no matplotlib, too few images, an encoder without a feature map) is a
+    note in the report, not an error.
+    """
+    from kcl import pictures
+
+    _check_output_dir(args.report, "--report")
+    notes = []
+    (x_train, y_train), (x_test, y_test) = train, test
+    train_images, test_images = _uint8(x_train), _uint8(x_test)
+    encoder = getattr(model, "encoder", model)
+    drawn = []
+
+    def draw(name, what, plot):
+        try:
+            plot(os.path.join(args.report, name))
+        except ImportError as error:  # matplotlib is an optional extra
+            notes.append(f"{what}: not drawn ({error}).")
+            return False
+        drawn.append((name, what))
+        return True
+
+    if len(x_test) < 4:
+        notes.append(f"t-SNE: not drawn; it needs at least 4 test images, --data gives {len(x_test)}.")
+    else:
+        print(f"kcl: t-SNE of {min(_TSNE_POINTS, len(x_test))} test embeddings ...", flush=True)
+        draw("tsne.png", "t-SNE of the test embeddings (class-balanced)", lambda path: pictures.embedding_scatter(
+            features[1], y_test, path, max_points=_TSNE_POINTS, seed=args.seed,
+            title=f"t-SNE of {min(_TSNE_POINTS, len(x_test))} test embeddings",
+        ))
+    k = min(_REPORT_IMAGES, len(x_train))
+    print(f"kcl: retrieval of {min(_REPORT_IMAGES, len(x_test))} test queries in the training set ...", flush=True)
+    draw("retrieval.png", f"test queries and their {k} nearest training images", lambda path: pictures.retrieval_grid(
+        test_images, train_images, features[1], features[0], path, k=k, query_labels=y_test,
+        gallery_labels=y_train, num_queries=_REPORT_IMAGES, seed=args.seed,
+    ))
+
+    epochs = 3 if args.saliency_epochs is None else args.saliency_epochs
+    if not pictures._feature_map_layers(encoder):
+        results["saliency"] = None
+        why = "a SavedModel hides its layers" if kind == "saved_model" else "it has no layer with a 4-d output"
+        notes.append(f"Saliency: not computed; Grad-CAM needs the encoder's feature map, and {why}.")
+    else:
+        images = test_images[:_REPORT_IMAGES]
+        print(f"kcl: saliency: Grad-CAM of {len(images)} test images; supervised baseline of the same "
+              f"architecture, {epochs} epochs on {len(x_train)} training images ...", flush=True)
+        ssl = pictures.saliency_maps(encoder, images)
+        supervised, _, target = pictures.supervised_baseline(encoder, (train_images, y_train), epochs=epochs,
+                                                             seed=args.seed)
+        sup = pictures.saliency_maps(supervised, images, target=target)
+        overlap = pictures.saliency_overlap(ssl, sup, top=0.2)
+        results["saliency"] = {
+            "num_images": len(images), "supervised_epochs": epochs, "top": 0.2,
+            "mean_iou": overlap["mean"], "iou": overlap["iou"].tolist(),
+        }
+        print(f"kcl: saliency overlap (IoU of the top 20% pixels) with the supervised baseline: "
+              f"{overlap['mean']:.3f}", flush=True)
+        draw("saliency.png", "Grad-CAM saliency, self-supervised and supervised",
+             lambda path: pictures.saliency_figure(images, [ssl, sup], path))
+
+    # Paths relative to the report, which links them.
+    captions = {"robustness.png": "kNN-200 accuracy per corruption and severity",
+                "similarity.png": "cosine similarity of positive, negative, patch and texture pairs"}
+    written = [(os.path.relpath(path, args.report), captions.get(os.path.basename(path), os.path.basename(path)))
+               for path in figures] + drawn
+    subsets = [os.path.relpath(run["subset_path"], args.report)
+               for run in (results.get("fine_tune") or {}).values() if run["subset_path"]]
+    figure_files = [name for name, _ in written]
+    # The files in the report's folder (the robustness figures may lie elsewhere).
+    files = [*(name for name in figure_files if not name.startswith(os.pardir)), *subsets, "report.md", "report.json"]
+    summary = {
+        "model": args.model, "model_kind": kind, "data": args.data,
+        "train_images": len(x_train), "test_images": len(x_test),
+        "image_shape": [int(d) for d in x_train.shape[1:]],
+        "figures": figure_files, "files": files, "notes": notes, **results,
+    }
+    # report.md names the subset files as report.json lists them, relative to the report.
+    fine_tune = {fraction: dict(run, subset_file=os.path.relpath(run["subset_path"], args.report))
+                 for fraction, run in (results.get("fine_tune") or {}).items()}
+    with open(os.path.join(args.report, "report.md"), "w", encoding="utf-8") as f:
+        f.write(_report_markdown(dict(summary, fine_tune=fine_tune), written))
+    with open(os.path.join(args.report, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, default=_json_value)
+    print(f"kcl: report in {args.report}: {', '.join(files)}", flush=True)
+    return summary
+
+
+def _report_markdown(summary, figures):
+    """report.md: a table per evaluation, the saliency overlap, each figure as a link, the notes."""
+
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    def section(title, *rows):
+        lines.extend(["", f"## {title}", "", *rows])
+
+    shape = "x".join(map(str, summary["image_shape"]))
+    kind = _MODEL_KINDS[summary["model_kind"]]
+    lines = [
+        "# kcl eval report",
+        "",
+        (
+            f"Model `{summary['model']}` ({kind}) on `{summary['data']}`: {summary['train_images']} "
+            f"training and {summary['test_images']} test images of {shape}."
+        ),
+    ]
+    section(
+        "kNN",
+        "| features | kNN-200 (weighted, t=0.1) (%) | 20-NN (cosine) (%) |",
+        "|---|---:|---:|",
+        *(f"| {name} | {percent(row['knn200_weighted'])} | {percent(row['nn20_cosine'])} |"
+          for name, row in summary["knn"].items()),
+    )
+    if summary.get("linear_probe"):
+        section(
+            "Linear probe",
+            "AdamW on fixed features (kcl.eval.linear_probe), a quick stand-in for linear evaluation.",
+            "",
+            "| features | top-1 (%) |",
+            "|---|---:|",
+            *(f"| {name} | {percent(top1)} |" for name, top1 in summary["linear_probe"].items()),
+        )
+    if summary.get("linear_eval"):
+        protocol = next(iter(summary["linear_eval"].values()))["protocol"]
+        section(
+            f"Linear evaluation ({protocol})",
+            "| features | top-1 (%) | top-5 (%) |",
+            "|---|---:|---:|",
+            *(f"| {name} | {percent(r['top1'])} | {percent(r['top5'])} |" for name, r in summary["linear_eval"].items()),
+        )
+    if summary.get("fine_tune"):
+        section(
+            "Fine-tuning on label subsets",
+            "| label fraction | labelled images | epochs | top-1 (%) | top-5 (%) | subset file |",
+            "|---:|---:|---:|---:|---:|---|",
+            *(f"| {fraction} | {r['num_labelled']} | {r['epochs']} | {percent(r['top1'])} | {percent(r['top5'])} "
+              f"| {r['subset_file'] or '-'} |" for fraction, r in summary["fine_tune"].items()),
+        )
+    if summary.get("transfer"):
+        section("Transfer", summary["transfer"]["table"])
+    if summary.get("robustness"):
+        s = summary["robustness"]["summary"]
+        pixels = s["raw_pixels"]
+        section(
+            "Robustness (kNN-200 on corrupted test images)",
+            "| features | clean (%) | mean corruption accuracy (%) | mCE vs raw pixels |",
+            "|---|---:|---:|---:|",
+            f"| raw pixels | {percent(pixels['clean_accuracy'])} | {percent(pixels['mean_corruption_accuracy'])} | 1.000 |",
+            f"| encoder | {percent(s['clean_accuracy'])} | {percent(s['mean_corruption_accuracy'])} "
+            f"| {s['mean_corruption_error']:.3f} |",
+        )
+    if summary.get("saliency"):
+        s = summary["saliency"]
+        section(
+            "Saliency",
+            f"Mean IoU of the {s['top'] * 100:g}% most salient pixels (Grad-CAM) of the encoder and of a "
+            f"supervised copy of its architecture ({s['supervised_epochs']} epochs), over {s['num_images']} test "
+            f"images: {s['mean_iou']:.3f} (1: the same pixels; chance is about {s['top'] / (2 - s['top']):.2f}).",
+        )
+    if figures:
+        links = []
+        for name, what in figures:
+            links += ["", f"![{what}]({name})"]
+        section("Figures", *links[1:])
+    if summary["notes"]:
+        section("Notes", *(f"- {note}" for note in summary["notes"]))
+    return "\n".join(lines) + "\n"
+
+
+def _robustness(args, model, train, test, features, figures=None):
     """The corruption suite and the similarity figure of `kcl eval --robustness`.
 
     `features`: the encoder's features of the clean training and test images.
+    `figures`: a list the paths of the figures written are appended to.
     """
+    figures = [] if figures is None else figures
     from kcl import eval as kcl_eval
     from kcl import negatives, robustness
 
@@ -1068,16 +1687,17 @@ def _robustness(args, model, train, test, features):
     )
     results = {"summary": summary, "encoder": report, "raw_pixels": pixels}
     try:
-        robustness.plot_robustness(
+        figures.append(robustness.plot_robustness(
             report, os.path.join(args.robustness, "robustness.png"), baseline=pixels,
             title=os.path.basename(os.path.dirname(os.path.abspath(args.model))),
-        )
+        ))
         if hasattr(getattr(model, "augmenter", None), "pipelines"):
             pairs = robustness.similarity_pairs(model, test[0], textures=textures, seed=args.seed)
+            path = os.path.join(args.robustness, "similarity.png")
             results["similarity"] = robustness.similarity_histograms(
-                pairs, os.path.join(args.robustness, "similarity.png"),
-                title="cosine similarity of encoder features",
+                pairs, path, title="cosine similarity of encoder features",
             )
+            figures.append(path)
     except ImportError as error:
         print(f"kcl: no plots ({error})")
     with open(os.path.join(args.robustness, "robustness.json"), "w") as f:

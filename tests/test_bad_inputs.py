@@ -454,6 +454,20 @@ def evaluate(ctx, *extra):
             "--channels", "1", "--no-linear", *extra]
 
 
+def evaluate_model(ctx, model):
+    """`kcl eval` of `model` (any --model form) on the tiny folder."""
+    return ["eval", "--model", model, "--data", ctx.res.folder, "--image-size", str(SIZE),
+            "--channels", "1", "--no-linear"]
+
+
+def fake_saved_model(ctx):
+    """A folder that looks like a SavedModel (it holds saved_model.pb) but is none."""
+    folder = ctx.tmp / "saved_model"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"\x0a\xff not a protocol buffer")
+    return str(folder)
+
+
 def recipe(ctx, text, suffix=""):
     """`kcl pretrain --recipe` of a JSON recipe holding `text`."""
     return ["pretrain", "--recipe", write(ctx, "recipe.json", text) + suffix, "--out", str(ctx.tmp / "run")]
@@ -599,7 +613,7 @@ CLI_CASES = [
     # kcl eval, export, build-textures.
     Case("cli-eval-model-missing", "--model", "a model file that does not exist",
          lambda ctx: ["eval", "--model", str(ctx.tmp / "gone.keras")], r"No such model file.*--model="),
-    Case("cli-eval-model-not-keras", "--model", "a file that is not .keras (e.g. a SavedModel)",
+    Case("cli-eval-model-not-keras", "--model", "a file that is neither .keras nor a preset archive (e.g. .h5)",
          lambda ctx: ["eval", "--model", write(ctx, "model.h5", "x")], r"must be a \.keras file"),
     Case("cli-eval-model-damaged", "--model", "a cut-off or foreign .keras file",
          lambda ctx: ["eval", "--model", write(ctx, "model.keras", "not a zip")], r"not a \.keras archive.*--model="),
@@ -613,6 +627,59 @@ CLI_CASES = [
          lambda ctx: evaluate(ctx, "--json", str(ctx.tmp)), r"not a folder.*--json="),
     Case("cli-eval-robustness-is-a-file", "--robustness", "a file as the report folder",
          lambda ctx: evaluate(ctx, "--robustness", ctx.res.a_file), r"is a file.*--robustness="),
+    Case("cli-eval-report-is-a-file", "--report", "a file as the report folder",
+         lambda ctx: evaluate(ctx, "--report", ctx.res.a_file), r"is a file.*--report="),
+    Case("cli-eval-saliency-epochs-without-report", "--saliency-epochs", "--saliency-epochs without --report",
+         lambda ctx: ["eval", "--model", "m.keras", "--saliency-epochs", "2"], r"goes with --report.*--saliency-epochs=2"),
+    Case("cli-eval-model-unknown-name", "--model", "a zoo preset name misspelt",
+         lambda ctx: ["eval", "--model", "simclr_fmnist"],
+         r"nor a zoo preset name\. Did you mean 'simclr_r18_fmnist'.*Known names:.*--model=simclr_fmnist"),
+    Case("cli-eval-model-folder-not-a-model", "--model", "a folder that is neither a SavedModel nor a preset",
+         lambda ctx: ["eval", "--model", str(ctx.tmp)], r"neither a SavedModel \(saved_model\.pb\) nor a preset.*--model="),
+    Case("cli-eval-model-saved-model-damaged", "--model", "a SavedModel folder whose saved_model.pb is damaged",
+         lambda ctx: evaluate_model(ctx, fake_saved_model(ctx)), r"saved_model\.pb.*export the model again.*--model="),
+    Case("cli-eval-model-archive-missing", "--model", "a preset archive that does not exist",
+         lambda ctx: ["eval", "--model", str(ctx.tmp / "gone.tgz")], r"No such preset archive.*--model="),
+    Case("cli-eval-model-preset-incomplete", "--model", "a preset folder without its model.weights.h5",
+         lambda ctx: evaluate_model(ctx, os.path.dirname(write(ctx, "config.json", "{}"))),
+         r"could not be loaded as a preset.*No weights file.*--model="),
+    Case("cli-eval-linear-protocol-unknown", "--linear-protocol", "an unknown linear-evaluation protocol",
+         lambda ctx: ["eval", "--model", "m.keras", "--linear-protocol", "foo"], r"invalid choice: 'foo'"),
+    Case("cli-eval-linear-epochs-without-standard", "--linear-epochs", "--linear-epochs with a protocol without epochs",
+         lambda ctx: ["eval", "--model", "m.keras", "--linear-protocol", "lbfgs", "--linear-epochs", "5"],
+         r"goes with --linear-protocol standard.*--linear-protocol=lbfgs"),
+    Case("cli-eval-linear-epochs-zero", "--linear-epochs", "--linear-epochs 0",
+         lambda ctx: ["eval", "--model", "m.keras", "--linear-protocol", "standard", "--linear-epochs", "0"],
+         r"at least 1.*--linear-epochs=0"),
+    Case("cli-eval-no-linear-with-linear-protocol", "--linear-protocol", "--no-linear and --linear-protocol together",
+         lambda ctx: ["eval", "--model", "m.keras", "--no-linear", "--linear-protocol", "lbfgs"],
+         r"--no-linear skips.*--linear-protocol=lbfgs"),
+    Case("cli-eval-fine-tune-zero", "--fine-tune", "a label fraction of 0",
+         lambda ctx: ["eval", "--model", "m.keras", "--fine-tune", "0"], r"fractions in \(0, 1\].*--fine-tune=0"),
+    Case("cli-eval-fine-tune-above-one", "--fine-tune", "a label fraction above 1 (a percentage?)",
+         lambda ctx: ["eval", "--model", "m.keras", "--fine-tune", "0.1,2"], r"fractions in \(0, 1\].*--fine-tune=0\.1,2"),
+    Case("cli-eval-fine-tune-not-a-number", "--fine-tune", "a label fraction that is not a number",
+         lambda ctx: ["eval", "--model", "m.keras", "--fine-tune", "1%"], r"fractions in \(0, 1\].*--fine-tune=1%"),
+    Case("cli-eval-fine-tune-saved-model", "--model", "--fine-tune of a SavedModel (no Keras weights to train)",
+         lambda ctx: ["eval", "--model", fake_saved_model(ctx), "--fine-tune", "0.1"],
+         r"--fine-tune trains the encoder's weights.*SavedModel.*--model="),
+    Case("cli-eval-fine-tune-epochs-without-fine-tune", "--fine-tune-epochs", "--fine-tune-epochs without --fine-tune",
+         lambda ctx: ["eval", "--model", "m.keras", "--fine-tune-epochs", "1"], r"goes with --fine-tune.*--fine-tune-epochs=1"),
+    Case("cli-eval-fine-tune-epochs-zero", "--fine-tune-epochs", "--fine-tune-epochs 0",
+         lambda ctx: ["eval", "--model", "m.keras", "--fine-tune", "0.5", "--fine-tune-epochs", "0"],
+         r"at least 1.*--fine-tune-epochs=0"),
+    Case("cli-eval-transfer-empty", "--transfer", "--transfer without a dataset name",
+         lambda ctx: ["eval", "--model", "m.keras", "--transfer", ","], r"comma-separated tfds names.*--transfer=,"),
+    Case("cli-eval-transfer-limit-without-transfer", "--transfer-limit", "--transfer-limit without --transfer",
+         lambda ctx: ["eval", "--model", "m.keras", "--transfer-limit", "10"], r"goes with --transfer.*--transfer-limit=10"),
+    Case("cli-eval-tfds-dir-without-transfer", "--tfds-dir", "--tfds-dir without --transfer",
+         lambda ctx: ["eval", "--model", "m.keras", "--tfds-dir", "tfds"], r"goes with --transfer.*--tfds-dir=tfds"),
+    Case("cli-eval-transfer-limit-zero", "--transfer-limit", "--transfer-limit 0",
+         lambda ctx: ["eval", "--model", "m.keras", "--transfer", "mnist", "--transfer-limit", "0"],
+         r"at least 1.*--transfer-limit=0"),
+    Case("cli-eval-transfer-unknown-dataset", "--transfer", "a tfds name that does not exist",
+         lambda ctx: evaluate(ctx, "--transfer", "no_such_dataset_xyz"),
+         r"--transfer: tensorflow_datasets cannot load the dataset 'no_such_dataset_xyz'"),
     Case("cli-export-image-size-zero", "--image-size", "--image-size 0",
          lambda ctx: ["export", "--model", "m.keras", "--out", str(ctx.tmp / "sm"), "--image-size", "0"],
          r"--image-size=0"),

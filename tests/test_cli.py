@@ -68,7 +68,9 @@ def test_help_of_every_command_mentions_every_flag(command, capsys):
         "pretrain": ["--method", "--backbone", "--width", "--data", "--image-size", "--epochs",
                      "--batch-size", "--optimizer", "--lr", "--set", "--knn-every", "--knn-bank",
                      "--no-probe", "--no-export", "--seed", "--out"],
-        "eval": ["--model", "--data", "--image-size", "--no-linear", "--json"],
+        "eval": ["--model", "--data", "--image-size", "--no-linear", "--json", "--linear-protocol",
+                 "--linear-epochs", "--fine-tune", "--fine-tune-epochs", "--transfer", "--tfds-dir",
+                 "--transfer-limit", "--report", "--saliency-epochs"],
         "export": ["--model", "--out", "--image-size"],
     }[command]
     assert set(expected) <= set(options)
@@ -138,6 +140,30 @@ def test_pretrain_end_to_end_writes_every_output(pretrained):
     assert serve.structured_input_signature[1]["images"].shape[-1] == 1
     features = serve(images=tf.zeros((2, 16, 16, 1), tf.uint8))["features"]
     assert features.shape[0] == 2 and features.dtype == tf.float32
+
+
+def test_pretrain_in_mixed_bfloat16_saves_and_serves_float32(folder, tmp_path, capsys):
+    # --precision bfloat16: layers compute in bfloat16 (variables float32);
+    # the saved model keeps the policy, the SavedModel serves float32.
+    out = str(tmp_path / "bf16")
+    argv = [
+        "pretrain", "--data", folder, "--image-size", "16", "--channels", "1", "--backbone", "resnet18_cifar",
+        "--width", "0.125", "--epochs", "1", "--batch-size", "16", "--knn-bank", "40", "--no-probe",
+        "--precision", "bfloat16", "--jit", "off", "--out", out, "--quiet",
+    ]
+    assert cli.main(argv) == 0
+    assert "precision bfloat16, XLA off" in capsys.readouterr().out
+    assert keras.config.dtype_policy().name == "float32"  # restored after the build
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["precision"] == "bfloat16" and metrics["jit_compile"] is False
+    model = keras.models.load_model(os.path.join(out, "model.keras"))
+    convolutions = [layer for layer in model.encoder.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions and all(layer.dtype_policy.name == "mixed_bfloat16" for layer in convolutions)
+    assert all(v.dtype == "float32" for v in model.encoder.trainable_weights)
+    serve = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
+    features = serve(images=tf.zeros((2, 16, 16, 1), tf.uint8))["features"]
+    assert features.dtype == tf.float32 and np.all(np.isfinite(features.numpy()))
 
 
 def test_eval_of_the_pretrained_model(pretrained, folder, tmp_path, capsys):
@@ -516,3 +542,138 @@ def test_eval_textures_need_robustness(pretrained, folder, tmp_path, capsys):
         capsys,
     )
     assert_one_line_error(code, err, "--textures=x", "--robustness")
+
+
+# ------------------------------------------------ eval: model forms, protocols, report
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """One tiny SimCLR (16x16 grey) as a .keras file, a SavedModel, an encoder preset and its .tgz."""
+    import tarfile
+
+    import kcl
+    from tests.methods.checks import tiny_encoder
+
+    root = tmp_path_factory.mktemp("models")
+    model = kcl.methods.SimCLR(
+        tiny_encoder(16, 1), augmenter=kcl.methods.SimCLR.default_augmenter(16),
+        projection_hidden_dims=(16,), projection_dim=8,
+    )
+    paths = {"keras": str(root / "model.keras"), "saved_model": str(root / "saved_model"),
+             "preset": str(root / "preset"), "archive": str(root / "preset.tgz")}
+    model.save(paths["keras"])
+    kcl.export.export_saved_model(model, paths["saved_model"], verbose=False)
+    kcl.zoo.save_preset(model.encoder, paths["preset"])
+    with tarfile.open(paths["archive"], "w:gz") as tar:
+        tar.add(paths["preset"], arcname="preset")
+    return paths
+
+
+def eval_argv(model, folder, *extra):
+    return ["eval", "--model", model, "--data", folder, "--image-size", "16", "--channels", "1", *extra]
+
+
+def png_links(markdown):
+    import re
+
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+
+
+def test_eval_report_lists_exactly_the_figures_it_writes(tiny_models, folder, tmp_path, capsys):
+    report = tmp_path / "report"
+    code, stdout, err = run(
+        eval_argv(tiny_models["keras"], folder, "--linear-protocol", "closed_form", "--fine-tune", "0.5",
+                  "--fine-tune-epochs", "1", "--saliency-epochs", "1", "--report", str(report)),
+        capsys,
+    )
+    assert code == 0, err
+    for stage in ("linear evaluation (closed_form)", "fine-tuning", "t-SNE", "retrieval", "saliency", "report in"):
+        assert f"kcl: {stage}" in stdout or stage in stdout, stage
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["figures"] == ["tsne.png", "retrieval.png", "saliency.png"]
+    for name in summary["figures"]:
+        data = (report / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 1000, name
+    # report.md links exactly the figures written, and report.json lists every file.
+    markdown = (report / "report.md").read_text()
+    assert png_links(markdown) == summary["figures"]
+    assert sorted(summary["files"]) == sorted(
+        str(p.relative_to(report)) for p in report.rglob("*") if p.is_file()
+    )
+    # Each table computed is in both.
+    for heading in ("## kNN", "## Linear evaluation (closed_form)", "## Fine-tuning", "## Saliency"):
+        assert heading in markdown, heading
+    assert set(summary["linear_eval"]) == {"raw pixels", "encoder"}
+    assert 0.0 <= summary["saliency"]["mean_iou"] <= 1.0
+    # --fine-tune 0.5 drew a class-balanced half of the 80 training labels and saved it.
+    run_05 = summary["fine_tune"]["0.5"]
+    assert run_05["num_labelled"] == 40 and run_05["epochs"] == 1
+    assert os.path.dirname(run_05["subset_path"]) == str(report / "subsets")
+    assert "subsets/subset_50pc.json" in summary["files"]
+    assert json.loads((report / "subsets" / "subset_50pc.json").read_text())["format"] == "kcl.label_subset"
+
+
+def test_eval_of_a_saved_model_matches_the_keras_file(tiny_models, folder, tmp_path, capsys):
+    results = {}
+    for kind in ("keras", "saved_model"):
+        code, _, err = run(
+            eval_argv(tiny_models[kind], folder, "--no-linear", "--json", str(tmp_path / f"{kind}.json")),
+            capsys,
+        )
+        assert code == 0, err
+        results[kind] = json.loads((tmp_path / f"{kind}.json").read_text())["knn"]["encoder"]
+    # The SavedModel gets the uint8 images back exactly and resizes 16x16 to 16x16:
+    # the same features up to float rounding, so the same neighbours.
+    for metric, accuracy in results["keras"].items():
+        assert abs(results["saved_model"][metric] - accuracy) <= 1e-6, metric
+
+
+def test_eval_report_of_a_saved_model_skips_saliency_with_a_note(tiny_models, folder, tmp_path, capsys):
+    report = tmp_path / "report"
+    code, _, err = run(eval_argv(tiny_models["saved_model"], folder, "--no-linear", "--report", str(report)), capsys)
+    assert code == 0, err
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["model_kind"] == "saved_model" and summary["saliency"] is None
+    assert summary["figures"] == ["tsne.png", "retrieval.png"] and not (report / "saliency.png").exists()
+    markdown = (report / "report.md").read_text()
+    assert png_links(markdown) == summary["figures"]
+    assert "Saliency: not computed" in markdown
+
+
+def test_eval_of_a_preset_folder_and_archive(tiny_models, folder, tmp_path, capsys):
+    knn = {}
+    for kind in ("keras", "preset", "archive"):
+        code, _, err = run(
+            eval_argv(tiny_models[kind], folder, "--no-linear", "--json", str(tmp_path / f"{kind}.json")), capsys
+        )
+        assert code == 0, err
+        knn[kind] = json.loads((tmp_path / f"{kind}.json").read_text())["knn"]["encoder"]
+    assert knn["preset"] == knn["keras"] == knn["archive"]
+
+
+def test_eval_fine_tune_of_a_saved_model_is_refused(tiny_models, folder, capsys):
+    code, _, err = run(eval_argv(tiny_models["saved_model"], folder, "--fine-tune", "0.5"), capsys)
+    assert_one_line_error(code, err, "--fine-tune", "SavedModel", f"--model={tiny_models['saved_model']}")
+
+
+def test_eval_fine_tune_subsets_go_under_the_report_else_next_to_json(tmp_path):
+    def subset_dir(*flags):
+        return cli._subset_dir(cli.build_parser().parse_args(["eval", "--model", "m.keras", *flags]))
+
+    report, results = str(tmp_path / "report"), str(tmp_path / "out" / "results.json")
+    assert subset_dir("--report", report, "--json", results) == os.path.join(report, "subsets")
+    assert subset_dir("--json", results) == str(tmp_path / "out" / "subsets")
+    assert subset_dir() is None
+
+
+def test_eval_transfer_to_a_mock_tfds_dataset(tiny_models, folder, capsys):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=24):
+        code, stdout, err = run(
+            eval_argv(tiny_models["keras"], folder, "--no-linear", "--transfer", "mnist", "--transfer-limit", "20",
+                      "--linear-protocol", "closed_form"),
+            capsys,
+        )
+    assert code == 0, err
+    assert "kcl: transfer by linear evaluation (closed_form) to mnist" in stdout
+    assert "| mnist | 20 | 20 | closed_form |" in stdout

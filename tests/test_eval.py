@@ -2,6 +2,8 @@
 the KNNMonitor callback in a real `fit`, and the training plot."""
 
 import csv
+import itertools
+import json
 import math
 
 import keras
@@ -235,3 +237,380 @@ def test_plot_history_takes_a_history_object_with_loss_only(tmp_path):
     history.history = {"loss": [1.0]}
     kcl_eval.plot_history(history, str(tmp_path / "loss.png"))
     assert (tmp_path / "loss.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+# ------------------------------------------------------ evaluation protocols
+# Six classes told apart by a constant colour (the corners of the RGB cube
+# but black and white), plus a little pixel noise. Random-resized crops and
+# flips keep a constant image constant, so augmentation cannot hide the class.
+COLOURS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]]) * 180 + 20
+
+
+def colour_images(n, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % len(COLOURS))
+    images = rng.integers(0, 20, (n, size, size, 3)) + COLOURS[labels][:, None, None, :]
+    return images.astype("uint8"), labels
+
+
+def linear_encoder(batch_norm=False, size=8, dim=16):
+    """Mean colour times a fixed matrix: features are a linear function of the one-hot labels."""
+    layers = [keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D()]
+    if batch_norm:
+        layers.append(keras.layers.BatchNormalization())
+    dense = keras.layers.Dense(dim, use_bias=False)
+    encoder = keras.Sequential(layers + [dense])
+    dense.set_weights([np.random.default_rng(1).normal(size=(3, dim)).astype("float32") * 4])
+    return encoder
+
+
+def conv_encoder(batch_norm=True, size=8, channels=3):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((size, size, channels)), keras.layers.Conv2D(8, 3, padding="same")]
+        + ([keras.layers.BatchNormalization()] if batch_norm else [])
+        + [keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D()]
+    )
+
+
+def weights_of(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+def assert_same_weights(model, weights):
+    assert len(model.get_weights()) == len(weights)
+    for now, before in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(now, before)
+
+
+@pytest.mark.parametrize(
+    "protocol, kwargs",
+    [
+        ("lbfgs", {}),
+        ("closed_form", {}),
+        # 3 epochs of 8 steps; BN in the encoder checks it stays frozen.
+        ("standard", {"epochs": 3, "batch_size": 16, "learning_rate": 0.05}),
+    ],
+)
+def test_linear_eval_is_perfect_on_features_linear_in_the_labels(protocol, kwargs):
+    encoder = linear_encoder(batch_norm=protocol == "standard")
+    before = weights_of(encoder)
+    result = kcl_eval.linear_eval(encoder, colour_images(120), colour_images(60, seed=1), protocol, **kwargs)
+    assert result["protocol"] == protocol and result["num_classes"] == 6
+    assert result["top1"] == 1.0 and result["top5"] == 1.0
+    assert result["num_train"] == 120 and result["num_test"] == 60
+    # Frozen: weights and batch-norm statistics untouched (BN ran in inference mode).
+    assert_same_weights(encoder, before)
+    if protocol == "standard":
+        assert result["epochs"] == 3 and len(result["history"]) == 3
+        assert result["history"][-1] < result["history"][0]
+    if protocol == "lbfgs":
+        assert result["converged"] and len(result["history"]) == result["iterations"] > 0
+
+
+def test_centre_crop_keeps_the_central_seven_eighths_resized_back():
+    # A 16x16 image whose 1-pixel border is bright: the central 14x14 (87.5%) is dark.
+    image = np.zeros((1, 16, 16, 1), "float32")
+    image[:, [0, -1], :] = image[:, :, [0, -1]] = 1.0
+    cropped = np.asarray(kcl_eval._centre_crop(image))
+    assert cropped.shape == (1, 16, 16, 1)
+    np.testing.assert_array_equal(cropped, 0.0)
+    ramp = np.tile(np.arange(16, dtype="float32"), (16, 1))[None, :, :, None]
+    # Columns 1..14 spread over 16 pixels: the ends move inwards, the centre stays.
+    row = np.asarray(kcl_eval._centre_crop(ramp))[0, 8, :, 0]
+    assert 1.0 <= row.min() < row.max() <= 14.0 and abs(row.mean() - 7.5) < 1e-4
+
+
+def random_split(n, classes, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 8, 8, 1)).astype("uint8"), rng.integers(0, classes, n)
+
+
+def flat_encoder(dim=32):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(dim)])
+
+
+@pytest.mark.parametrize("protocol", ["lbfgs", "closed_form"])
+def test_linear_eval_is_near_chance_on_random_features(protocol):
+    # Labels independent of the images: a test accuracy above chance would
+    # mean the test labels leaked into the fit.
+    n, classes = 400, 4
+    result = kcl_eval.linear_eval(
+        flat_encoder(), random_split(n, classes, seed=0), random_split(n, classes, seed=1), protocol
+    )
+    standard_error = math.sqrt(0.25 * 0.75 / n)
+    assert abs(result["top1"] - 1 / classes) <= 3 * standard_error
+    assert result["top5"] is None  # fewer than 5 classes
+
+
+def test_linear_eval_top5_is_at_least_top1_and_near_five_in_ten_by_chance():
+    n = 300
+    result = kcl_eval.linear_eval(
+        flat_encoder(), random_split(n, 10, seed=2), random_split(n, 10, seed=3), "closed_form"
+    )
+    assert result["top5"] >= result["top1"]
+    assert abs(result["top5"] - 0.5) <= 3 * math.sqrt(0.25 / n)
+    assert abs(result["top1"] - 0.1) <= 3 * math.sqrt(0.09 / n)
+
+
+def test_linear_eval_accepts_a_method_for_its_encoder():
+    import types
+
+    encoder = linear_encoder()
+    train, test = colour_images(60), colour_images(30, seed=1)
+    direct = kcl_eval.linear_eval(encoder, train, test, "closed_form")
+    via_method = kcl_eval.linear_eval(types.SimpleNamespace(encoder=encoder), train, test, "closed_form")
+    assert via_method["top1"] == direct["top1"] == 1.0
+
+
+def test_lbfgs_finds_the_minimum_of_rosenbrock_and_a_quadratic():
+    def rosenbrock(x):
+        value = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+        gradient = np.array(
+            [-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)]
+        )
+        return value, gradient
+
+    x, values, converged = kcl_eval._lbfgs(rosenbrock, np.array([-1.2, 1.0]), 500, 1e-8)
+    assert converged and np.allclose(x, [1.0, 1.0], atol=1e-5)
+    assert all(b <= a for a, b in itertools.pairwise(values))  # monotone descent
+    matrix = np.diag(np.arange(1.0, 21.0))
+    target = np.linspace(-1, 1, 20)
+    x, _, converged = kcl_eval._lbfgs(
+        lambda x: (0.5 * (x - target) @ matrix @ (x - target), matrix @ (x - target)),
+        np.zeros(20), 200, 1e-10,
+    )
+    assert converged and np.allclose(x, target, atol=1e-8)
+    # Stops at max_iterations without claiming convergence.
+    _, values, converged = kcl_eval._lbfgs(rosenbrock, np.array([-1.2, 1.0]), 3, 1e-12)
+    assert not converged and len(values) == 4
+
+
+def test_closed_form_ridge_matches_the_normal_equations_with_an_unpenalised_bias():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4))
+    x = (x - x.mean(0)) / x.std(0)
+    labels = rng.integers(0, 3, 50)
+    w, b = kcl_eval._fit_ridge(x, labels, 3, l2=0.1)
+    # Reference: minimise mean ||[x 1] theta - Y||^2 + 0.1 ||W||^2 by the
+    # augmented normal equations, the bias row unpenalised.
+    augmented = np.hstack([x, np.ones((50, 1))])
+    penalty = np.diag([0.1] * 4 + [0.0])
+    theta = np.linalg.solve(augmented.T @ augmented / 50 + penalty, augmented.T @ np.eye(3)[labels] / 50)
+    np.testing.assert_allclose(w, theta[:4], atol=1e-10)
+    np.testing.assert_allclose(b, theta[4], atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"protocol": "foo"}, "protocol='foo'"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"learning_rate": -1.0}, "learning_rate=-1.0"),
+        ({"weight_decay": -1.0}, "weight_decay=-1.0"),
+        ({"seed": -1}, "seed=-1"),
+        ({"max_iterations": 0}, "max_iterations=0"),
+        ({"train": "images"}, "train of type str"),
+        ({"train": (np.zeros((4, 8, 8, 3), "uint8"), np.zeros(3, "int64"))}, "train_labels.shape=\\(3,\\)"),
+        ({"train": (np.zeros((4, 8, 8, 3), "uint8"), np.zeros(4))}, "train_labels.dtype=float64"),
+        ({"train": (np.zeros((4, 8, 8, 3), "uint8"), -np.ones(4, "int64"))}, "min\\(train_labels\\)=-1"),
+        ({"test": (np.zeros((4, 16, 16, 3), "uint8"), np.zeros(4, "int64"))}, "images.shape=\\(4, 16, 16, 3\\)"),
+        ({"test": (np.zeros((4, 8, 8, 1), "uint8"), np.zeros(4, "int64"))}, "images.shape=\\(4, 8, 8, 1\\)"),
+        ({"test": (np.zeros((0, 8, 8, 3), "uint8"), np.zeros(0, "int64"))}, "test_images.shape"),
+    ],
+)
+def test_linear_eval_rejects_bad_inputs(change, match):
+    arguments = {"train": colour_images(12), "test": colour_images(6, seed=1), "protocol": "lbfgs"}
+    arguments.update(change)
+    with pytest.raises(ValueError, match="Received:") as error:
+        kcl_eval.linear_eval(linear_encoder(), **arguments)
+    assert error.match(match)
+
+
+# ------------------------------------------------------------- label subsets
+def test_label_subset_is_class_balanced_with_the_documented_rounding():
+    # Class sizes 10, 25, 3, 1 at 10%: 1, 3 (2.5 rounds up), 1 and 1 (at least one each).
+    labels = np.repeat([0, 1, 2, 3], [10, 25, 3, 1])
+    np.random.default_rng(0).shuffle(labels)
+    indices = kcl_eval.label_subset(labels, 0.1, seed=0)
+    assert indices.dtype == np.int64
+    assert np.array_equal(indices, np.sort(indices)) and len(np.unique(indices)) == len(indices)
+    assert indices.min() >= 0 and indices.max() < len(labels)
+    np.testing.assert_array_equal(np.bincount(labels[indices], minlength=4), [1, 3, 1, 1])
+    counts = np.bincount(labels[kcl_eval.label_subset(labels, 0.5, seed=0)], minlength=4)
+    np.testing.assert_array_equal(counts, [5, 13, 2, 1])  # 12.5 -> 13, 1.5 -> 2, 0.5 -> 1
+    assert len(kcl_eval.label_subset(labels, 1.0)) == len(labels)
+
+
+def test_label_subset_is_deterministic_for_a_seed_and_differs_for_another():
+    labels = np.arange(1000) % 10
+    first = kcl_eval.label_subset(labels, 0.1, seed=3)
+    np.testing.assert_array_equal(first, kcl_eval.label_subset(labels, 0.1, seed=3))
+    other = kcl_eval.label_subset(labels, 0.1, seed=4)
+    assert len(other) == len(first) == 100 and not np.array_equal(first, other)
+    np.testing.assert_array_equal(np.bincount(labels[other]), [10] * 10)
+
+
+@pytest.mark.parametrize(
+    "fraction, match", [(0.0, "fraction=0.0"), (1.5, "fraction=1.5"), (float("nan"), "fraction=nan")]
+)
+def test_label_subset_rejects_bad_fractions(fraction, match):
+    with pytest.raises(ValueError, match="Received: " + match):
+        kcl_eval.label_subset(np.zeros(10, "int64"), fraction)
+
+
+def test_saved_label_subset_round_trips_and_is_refused_for_other_labels(tmp_path):
+    labels = np.arange(200) % 5
+    indices = kcl_eval.label_subset(labels, 0.1, seed=0)
+    path = str(tmp_path / "subsets" / "ten.json")
+    assert kcl_eval.save_label_subset(indices, path, labels, 0.1, 0) == path
+    with open(path) as f:
+        record = json.load(f)
+    assert record["fraction"] == 0.1 and record["seed"] == 0 and record["num_labels"] == 200
+    assert len(record["labels_sha256"]) == 64 and record["indices"] == indices.tolist()
+    np.testing.assert_array_equal(kcl_eval.load_label_subset(path, labels), indices)
+    # The same labels in another integer dtype are the same labels.
+    np.testing.assert_array_equal(kcl_eval.load_label_subset(path, labels.astype("int32")), indices)
+    shuffled = np.random.default_rng(0).permutation(labels)
+    for other in (shuffled, labels[:150]):
+        with pytest.raises(ValueError, match="drawn from other labels.*Received: labels with"):
+            kcl_eval.load_label_subset(path, other)
+    (tmp_path / "other.json").write_text('{"indices": [1, 2]}')
+    with pytest.raises(ValueError, match="not a kcl label-subset file"):
+        kcl_eval.load_label_subset(str(tmp_path / "other.json"), labels)
+    with pytest.raises(ValueError, match="Received: min=0, max=200"):
+        kcl_eval.save_label_subset([0, 200], path, labels, 0.1, 0)
+
+
+# ---------------------------------------------------------------- fine-tuning
+def test_fine_tune_trains_a_copy_on_train_indices_only():
+    # One array split by index: the subset must point into the training part.
+    images, labels = colour_images(180)
+    order = np.random.default_rng(0).permutation(180)
+    train_index, test_index = order[:120], order[120:]
+    encoder = conv_encoder(batch_norm=True)
+    before = weights_of(encoder)
+    result = kcl_eval.fine_tune(
+        encoder,
+        (images[train_index], labels[train_index]),
+        (images[test_index], labels[test_index]),
+        label_fraction=0.25, epochs=2, batch_size=16, learning_rate=0.3,
+    )
+    assert_same_weights(encoder, before)  # the caller's encoder is untouched
+    tuned = result["encoder"]
+    assert tuned is not encoder
+    moved = [not np.array_equal(a, b) for a, b in zip(tuned.get_weights(), before)]
+    assert all(moved[:1] + moved[-2:])  # conv kernel and BN moving statistics
+    subset = result["subset"]
+    np.testing.assert_array_equal(subset, kcl_eval.label_subset(labels[train_index], 0.25, seed=0))
+    assert subset.max() < 120 and not set(train_index[subset]) & set(test_index)
+    counts = np.bincount(labels[train_index])
+    expected = sum(max(1, math.floor(0.25 * c + 0.5)) for c in counts)
+    assert result["num_labelled"] == len(subset) == expected and result["label_fraction"] == 0.25
+    assert result["subset_path"] is None and len(result["history"]) == result["epochs"] == 2
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+
+
+def test_fine_tune_learns_the_classes_from_half_the_labels():
+    result = kcl_eval.fine_tune(
+        conv_encoder(batch_norm=False), colour_images(120), colour_images(60, seed=1),
+        label_fraction=0.5, epochs=4, batch_size=16, learning_rate=1.0,
+    )
+    assert result["top1"] == 1.0 and result["top5"] == 1.0
+    assert result["history"][-1] < 0.1 < result["history"][0]
+
+
+def test_fine_tune_default_epochs_follow_simclr():
+    train, test = colour_images(60), colour_images(12, seed=1)
+    encoder = conv_encoder(batch_norm=False)
+    one = kcl_eval.fine_tune(encoder, train, test, label_fraction=0.01, batch_size=64)
+    ten = kcl_eval.fine_tune(encoder, train, test, label_fraction=0.1, batch_size=64)
+    assert one["epochs"] == len(one["history"]) == 60 and one["num_labelled"] == 6
+    assert ten["epochs"] == len(ten["history"]) == 30 and ten["learning_rate"] == 0.05 * 64 / 256
+
+
+def test_fine_tune_writes_then_reuses_a_subset_file_and_refuses_one_for_other_labels(tmp_path):
+    train, test = colour_images(60), colour_images(12, seed=1)
+    encoder = conv_encoder(batch_norm=False)
+    path = str(tmp_path / "subset.json")
+    first = kcl_eval.fine_tune(encoder, train, test, 0.2, epochs=1, batch_size=32, subset_path=path)
+    np.testing.assert_array_equal(kcl_eval.load_label_subset(path, train[1]), first["subset"])
+    # Another seed would draw another subset; the file wins.
+    again = kcl_eval.fine_tune(encoder, train, test, 0.2, epochs=1, batch_size=32, seed=5, subset_path=path)
+    assert again["subset_path"] == path
+    np.testing.assert_array_equal(again["subset"], first["subset"])
+    assert not np.array_equal(kcl_eval.label_subset(train[1], 0.2, seed=5), first["subset"])
+    other_train = colour_images(60, seed=7)
+    with pytest.raises(ValueError, match="drawn from other labels"):
+        kcl_eval.fine_tune(encoder, other_train, test, 0.2, epochs=1, subset_path=path)
+    with pytest.raises(ValueError, match="Received: label_fraction=0.1"):
+        kcl_eval.fine_tune(encoder, train, test, 0.1, epochs=1, subset_path=path)
+    explicit = kcl_eval.fine_tune(encoder, train, test, subset=[0, 5, 9], epochs=1)
+    assert explicit["num_labelled"] == 3 and explicit["label_fraction"] == 3 / 60
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"label_fraction": 0.0}, "label_fraction=0.0"),
+        ({"label_fraction": 2}, "label_fraction=2"),
+        ({"subset": [0, 60]}, "max=60"),
+        ({"subset": [1, 1]}, "repeat"),
+        ({"subset": [0], "subset_path": "x.json"}, "subset_path='x.json'"),
+        ({"epochs": 1.5}, "epochs=1.5"),
+        ({"batch_size": -4}, "batch_size=-4"),
+        ({"test": (np.zeros((3, 8, 8, 3)), np.zeros(2, "int64"))}, "test_labels.shape"),
+    ],
+)
+def test_fine_tune_rejects_bad_inputs(change, match):
+    arguments = {"train": colour_images(60), "test": colour_images(12, seed=1)}
+    arguments.update(change)
+    with pytest.raises(ValueError, match="Received:") as error:
+        kcl_eval.fine_tune(conv_encoder(batch_norm=False), **arguments)
+    assert error.match(match)
+
+
+# ------------------------------------------------------------------- transfer
+def test_transfer_resizes_and_converts_channels_with_mock_tfds():
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    grey = conv_encoder(batch_norm=False, size=16, channels=1)
+    rgb = conv_encoder(batch_norm=False, size=16, channels=3)
+    with tfds.testing.mock_data(num_examples=24):
+        report = kcl_eval.transfer(grey, ("mnist", "cifar10"), train_limit=20, test_limit=10)
+        rgb_report = kcl_eval.transfer(rgb, "mnist", protocol="closed_form", train_limit=20)
+        # The conversion against a reference: bilinear resize of the luminance.
+        raw, _ = next(iter(tfds.as_numpy(tfds.load("cifar10", split="train", as_supervised=True).batch(4))))
+        converted, _ = kcl_eval._load_tfds_split("cifar10", "train", None, 4, (16, 16), 1)
+        raw_mnist, _ = next(iter(tfds.as_numpy(tfds.load("mnist", split="test", as_supervised=True).batch(2))))
+        mnist_rgb, _ = kcl_eval._load_tfds_split("mnist", "test", None, 2, (28, 28), 3)
+    results = report["results"]
+    assert list(results) == ["mnist", "cifar10"]
+    assert results["mnist"]["image_shape"] == results["cifar10"]["image_shape"] == (16, 16, 1)
+    assert results["mnist"]["num_train"] == 20 and results["cifar10"]["num_test"] == 10
+    assert all(r["protocol"] == "lbfgs" and 0 <= r["top1"] <= r["top5"] <= 1 for r in results.values())
+    assert rgb_report["results"]["mnist"]["image_shape"] == (16, 16, 3)
+    luminance = raw.astype("float32") @ np.array([0.299, 0.587, 0.114], "float32")
+    expected = tf.image.resize(luminance[..., None], (16, 16), method="bilinear").numpy()
+    assert converted.shape == (4, 16, 16, 1) and converted.dtype == np.uint8
+    assert np.abs(converted.astype("float32") - expected).max() <= 0.5 + 1e-3
+    np.testing.assert_array_equal(mnist_rgb, np.repeat(raw_mnist, 3, axis=-1))
+    rows = report["table"].splitlines()
+    assert rows[0].startswith("| dataset | train | test | protocol | top-1")
+    assert len(rows) == 2 + 2 and rows[2].startswith("| mnist | 20 | 10 | lbfgs |")
+    assert rows[3].startswith("| cifar10 | 20 | 10 | lbfgs |")
+
+
+def test_transfer_rejects_bad_inputs_and_names_a_dataset_tfds_cannot_load():
+    encoder = conv_encoder(batch_norm=False, size=16, channels=1)
+    with pytest.raises(ValueError, match="'no_such_dataset_xyz'.*Received: dataset='no_such_dataset_xyz'"):
+        kcl_eval.transfer(encoder, ["no_such_dataset_xyz"])
+    with pytest.raises(ValueError, match="Received: protocol='foo'"):
+        kcl_eval.transfer(encoder, ["mnist"], protocol="foo")
+    with pytest.raises(ValueError, match="Received: train_limit=0"):
+        kcl_eval.transfer(encoder, ["mnist"], train_limit=0)
+    with pytest.raises(ValueError, match="Received: datasets=\\(\\)"):
+        kcl_eval.transfer(encoder, [])

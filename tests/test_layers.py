@@ -1,4 +1,6 @@
+import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kcl import layers
@@ -31,3 +33,40 @@ def test_two_replicas_normalise_with_global_statistics(two_cpus):
     out = np.concatenate([np.asarray(o) for o in two_cpus.experimental_local_results(out)])
     expected = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
     np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-scale-shift"])
+@pytest.mark.parametrize("synchronized", [True, False], ids=["synchronized", "local"])
+def test_fused_training_path_equals_keras_unfused_path(monkeypatch, affine, synchronized):
+    # Images in training mode take TensorFlow's fused kernel; outputs, moving
+    # statistics and every gradient must be those of Keras' own ops.
+    x = tf.constant(np.random.default_rng(2).normal(1.0, 3.0, size=(6, 5, 4, 3)).astype("float32"))
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(layers, "FUSED", fused)
+        keras.utils.set_random_seed(0)
+        bn = layers.BatchNormalization(
+            synchronized=synchronized, momentum=0.9, epsilon=1e-5, center=affine, scale=affine,
+            gamma_initializer="random_normal", beta_initializer="random_normal",
+        )
+        bn.build(x.shape)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = bn(x, training=True)
+            loss = tf.reduce_sum(y**3)  # a loss whose gradient differs per element
+        grads = tape.gradient(loss, [x, *bn.trainable_weights])
+        results[fused] = [y, bn.moving_mean, bn.moving_variance, *grads]
+    for a, b in zip(results[True], results[False]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    # The moving variance moved by the biased batch variance, as Keras does.
+    expected = 0.9 + 0.1 * np.var(x.numpy(), axis=(0, 1, 2))
+    np.testing.assert_allclose(results[True][2], expected, rtol=1e-5)
+
+
+def test_fused_path_in_mixed_bfloat16_computes_in_float32_and_returns_bfloat16():
+    x = tf.constant(np.random.default_rng(3).normal(size=(4, 3, 3, 2)).astype("float32"))
+    bn = layers.BatchNormalization(dtype="mixed_bfloat16")
+    y = bn(tf.cast(x, "bfloat16"), training=True)
+    assert y.dtype == tf.bfloat16 and bn.moving_mean.dtype == "float32"
+    expected = (x - tf.reduce_mean(x, [0, 1, 2])) / tf.sqrt(tf.math.reduce_variance(x, [0, 1, 2]) + 1e-3)
+    np.testing.assert_allclose(tf.cast(y, "float32"), expected, atol=0.05)

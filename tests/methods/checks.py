@@ -13,18 +13,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import kcl
 from tests.conftest import two_cpu_strategy
 
 
 def tiny_encoder(size=16, channels=1, synchronized_bn=True):
-    """A ResNet-18 with the CIFAR stem at 1/8 width: small enough for CPU tests."""
-    return kcl.backbones.get(
-        "resnet18_cifar",
-        input_shape=(size, size, channels),
-        width=0.125,
-        synchronized_bn=synchronized_bn,
-    )
+    """A two-conv network with batch norm, 16-d features: the method tests' encoder.
+
+    The methods' mathematics (losses, queues, momentum copies, replicas)
+    does not depend on the encoder, only on it having trainable weights and
+    batch norm (global across replicas when `synchronized_bn`); the ResNets
+    are tested in tests/test_backbones.py and end to end by the CLI tests. A
+    network this small keeps graph tracing, most of a method test's time, to
+    a fraction of a ResNet-18's.
+    """
+    layers = keras.layers
+    inputs = keras.Input((size, size, channels))
+    x = inputs
+    for i, (filters, stride) in enumerate(((8, 1), (16, 2))):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    outputs = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name="tiny_encoder")
 
 
 def random_views(batch=8, size=16, channels=1, num_views=2, seed=0):

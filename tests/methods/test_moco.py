@@ -87,7 +87,7 @@ def test_fit_step_trains_the_query_network_moves_the_key_network_and_fills_the_q
             # training-mode passes, not copied from the query encoder.
             assert not np.array_equal(key.numpy(), key_old), key.path
             assert not np.allclose(key.numpy(), online.numpy()), key.path
-    assert averaged > 10
+    assert averaged == sum(o.trainable for _, o in pairs(model)) > 5  # every trainable weight moved
     # The queue holds this step's keys at the old pointer; the rest is kept.
     queue = model.queue.queue.numpy()
     np.testing.assert_allclose(queue[:8], state["keys"], rtol=1e-5, atol=1e-6)
@@ -125,7 +125,7 @@ def test_bn_of_encoder_and_key_encoder_is_global_or_per_replica():
     # the equivalence check fails with per-replica BN).
     model = build(synchronized_bn=False)
     norms = batch_norms(model.encoder) + batch_norms(model.key_encoder)
-    assert len(norms) > 10 and not any(layer.synchronized for layer in norms)
+    assert len(norms) >= 4 and not any(layer.synchronized for layer in norms)
 
 
 # ------------------------------------------------------------------- math

@@ -14,21 +14,8 @@ SIZES = (16, 8, 8)  # one large crop, two small ones
 
 
 def encoder():
-    """A small conv net with synchronized BN that takes any crop size.
-
-    Smaller than `checks.tiny_encoder` (a ResNet-18 whose tracing dominates
-    these tests) and not tied to 16 x 16: the multi-crop views differ in
-    size. Synchronized BN makes a step on two replicas one step on one device.
-    """
-    inputs = keras.Input((None, None, 1))
-    x = inputs
-    for filters, stride in [(8, 1), (16, 2)]:
-        x = keras.layers.Conv2D(
-            filters, 3, strides=stride, padding="same", use_bias=False
-        )(x)
-        x = keras.layers.BatchNormalization(synchronized=True)(x)
-        x = keras.layers.ReLU()(x)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    # Any crop size: the multi-crop views differ in size.
+    return checks.tiny_encoder(size=None)
 
 
 def build(num_negatives=K, augmenter=None, num_classes=None, **kwargs):

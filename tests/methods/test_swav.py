@@ -15,9 +15,7 @@ SIZES = (16, 16, 8, 8)  # 2 large + 2 small crops
 
 def encoder():
     # Any crop size: the multi-crop views differ in size.
-    return kcl.backbones.get(
-        "resnet18_cifar", input_shape=(None, None, 1), width=0.125, synchronized_bn=True
-    )
+    return checks.tiny_encoder(size=None)
 
 
 def build(augmenter=None, num_classes=None, **kwargs):
