@@ -852,7 +852,12 @@ def _color_ops(jitter, gray_p, seeds, jitter_p=0.8):
     ]
 
 
-def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), seed=None):
+def _crop_only(size, scale, seeds):
+    """A view that is a random resized crop and nothing else (the augmentation ablation)."""
+    return ViewPipeline([RandomResizedCrop(size, size, scale=scale, seed=next(seeds))])
+
+
+def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), crop_only=False, seed=None):
     """SimCLR's two views: crop, flip, colour distortion, blur.
 
     Each view: `RandomResizedCrop(scale=(0.08, 1))`, horizontal flip, colour
@@ -869,6 +874,9 @@ def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), seed=Non
         blur: bool, whether to blur. Defaults to `True`.
         crop_scale: `(min, max)` area fraction of the random crops.
             Defaults to `(0.08, 1.0)` (the paper's).
+        crop_only: bool, keep only the random resized crop (no flip, colour,
+            grayscale, blur or solarize): the augmentation ablation of NNCLR
+            (section 5) and SimCLR (figure 5). Defaults to `False`.
         seed: int or None, base seed; layer `k` is seeded `seed + k`.
             Defaults to `None` (random).
 
@@ -892,6 +900,8 @@ def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), seed=Non
     s = strength
 
     def view():
+        if crop_only:
+            return _crop_only(size, crop_scale, seeds)
         ops = [
             RandomResizedCrop(size, size, scale=crop_scale, seed=next(seeds)),
             RandomFlip(seed=next(seeds)),
@@ -904,7 +914,7 @@ def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), seed=Non
     return MultiView([view(), view()], name="simclr_views")
 
 
-def byol_views(size, seed=None):
+def byol_views(size, crop_only=False, seed=None):
     """BYOL's two asymmetric views.
 
     Both views: `RandomResizedCrop(scale=(0.08, 1))`, horizontal flip, colour
@@ -915,6 +925,9 @@ def byol_views(size, seed=None):
 
     Args:
         size: int, output height and width.
+        crop_only: bool, keep only the random resized crop (no flip, colour,
+            grayscale, blur or solarize): the augmentation ablation of NNCLR
+            (section 5) and SimCLR (figure 5). Defaults to `False`.
         seed: int or None, base seed; layer `k` is seeded `seed + k`.
             Defaults to `None` (random).
 
@@ -932,6 +945,8 @@ def byol_views(size, seed=None):
     seeds = _seeds(seed)
 
     def view(blur_p, solarize_p):
+        if crop_only:
+            return _crop_only(size, (0.08, 1.0), seeds)
         ops = [
             RandomResizedCrop(size, size, scale=(0.08, 1.0), seed=next(seeds)),
             RandomFlip(seed=next(seeds)),
@@ -945,7 +960,7 @@ def byol_views(size, seed=None):
     return MultiView([view(1.0, 0.0), view(0.1, 0.2)], name="byol_views")
 
 
-def mocov2_views(size, seed=None):
+def mocov2_views(size, crop_only=False, seed=None):
     """MoCo v2's two views (the "aug+" of the paper).
 
     Each view, in MoCo v2's order: `RandomResizedCrop(scale=(0.2, 1))`,
@@ -955,6 +970,9 @@ def mocov2_views(size, seed=None):
 
     Args:
         size: int, output height and width.
+        crop_only: bool, keep only the random resized crop (no flip, colour,
+            grayscale, blur or solarize): the augmentation ablation of NNCLR
+            (section 5) and SimCLR (figure 5). Defaults to `False`.
         seed: int or None, base seed; layer `k` is seeded `seed + k`.
             Defaults to `None` (random).
 
@@ -972,6 +990,8 @@ def mocov2_views(size, seed=None):
     seeds = _seeds(seed)
 
     def view():
+        if crop_only:
+            return _crop_only(size, (0.2, 1.0), seeds)
         return ViewPipeline(
             [
                 RandomResizedCrop(size, size, scale=(0.2, 1.0), seed=next(seeds)),
@@ -992,6 +1012,7 @@ def multicrop_views(
     large_scale=(0.14, 1.0),
     small_scale=(0.05, 0.14),
     blur=True,
+    crop_only=False,
     seed=None,
 ):
     """Multi-crop views (SwAV): a few large crops and several small ones.
@@ -1013,6 +1034,9 @@ def multicrop_views(
         small_scale: pair, area range of the small crops. Defaults to
             `(0.05, 0.14)`.
         blur: bool, whether to blur. Defaults to `True`.
+        crop_only: bool, keep only the random resized crop (no flip, colour,
+            grayscale, blur or solarize): the augmentation ablation of NNCLR
+            (section 5) and SimCLR (figure 5). Defaults to `False`.
         seed: int or None, base seed; layer `k` is seeded `seed + k`.
             Defaults to `None` (random).
 
@@ -1042,6 +1066,8 @@ def multicrop_views(
     seeds = _seeds(seed)
 
     def view(crop_size, scale):
+        if crop_only:
+            return _crop_only(crop_size, scale, seeds)
         ops = [
             RandomResizedCrop(crop_size, crop_size, scale=scale, seed=next(seeds)),
             RandomFlip(seed=next(seeds)),

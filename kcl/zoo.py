@@ -683,3 +683,22 @@ def quick_knn(model, train, test):
     return kcl_eval.knn_accuracy(
         bank, y_train[:QUICK_KNN_BANK], queries, y_test[:QUICK_KNN_TEST], k=200, temperature=0.1
     )
+
+
+def crop_only_recipe(base, smoke=False):
+    """The recipe `base` (a file of kcl's recipes/) with every view a random resized crop only.
+
+    The augmentation ablation of NNCLR (section 5): the same model, data and
+    training as `base`, with `crop_only=True` for the method's augmenter, so
+    flip, colour distortion, grayscale, blur and solarize are all off. Used
+    by the `*_crop_only.py` recipes:
+
+    >>> def get_config(smoke=False):
+    ...     return kcl.zoo.crop_only_recipe("nnclr_fmnist.py", smoke)
+    """
+    from kcl import cli
+
+    path = os.path.join(cli._kcl_recipes_dir(), base)
+    config = cli.load_recipe(path + (":smoke" if smoke else ""))
+    config["augment"] = dict(config.get("augment") or {}, crop_only=True)
+    return config

@@ -520,3 +520,21 @@ def test_bad_arguments_raise(make, name):
 def test_bad_channel_count_raises():
     with pytest.raises(ValueError, match="Received: images.shape="):
         RandomFlip(seed=0)(np.zeros((2, 4, 4, 2), np.float32))
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "byol", "simsiam", "nnclr", "swav", "pic"])
+def test_crop_only_views_are_random_resized_crops_and_nothing_else(method):
+    # The augmentation ablation (NNCLR section 5): every view of every method
+    # is only a random resized crop. A constant colour image stays exactly
+    # that colour through any crop and resize, and not through the full
+    # pipelines (colour jitter with probability 0.8, grayscale 0.2).
+    import kcl
+
+    cls = kcl.methods.get(method)
+    image = np.broadcast_to(np.array([51, 128, 204], "uint8"), (16, 24, 24, 3))
+    for crop_only, expect_constant in ((True, True), (False, False)):
+        views = cls.default_augmenter(24, seed=0, crop_only=crop_only)(tf.constant(image), training=True)
+        constant = all(np.allclose(np.asarray(v), np.array([51, 128, 204]) / 255.0, atol=1e-5) for v in views)
+        assert constant == expect_constant, (method, crop_only)
+    pipelines = cls.default_augmenter(24, seed=0, crop_only=True).pipelines
+    assert all([type(op).__name__ for op in p.ops] == ["RandomResizedCrop"] for p in pipelines)

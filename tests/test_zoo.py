@@ -1,6 +1,7 @@
 import configparser
 import inspect
 import json
+import os
 import pathlib
 import re
 
@@ -585,3 +586,18 @@ def test_extract_archive_bad_arguments(tmp_path):
         zoo.extract_archive(tmp_path / "damaged.tgz", tmp_path / "c")
     with pytest.raises(ValueError, match=r"holds config\.json.*at its top or in its one top-level folder"):
         zoo.load(write_tar(tmp_path / "empty.tar", [("a/x", "file", None), ("b/y", "file", None)]))
+
+
+@pytest.mark.parametrize("smoke", [False, True], ids=["full", "smoke"])
+def test_crop_only_recipes_are_their_base_recipe_with_crops_only(smoke):
+    from kcl import cli
+
+    recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+    ablations = sorted(f for f in os.listdir(recipes) if f.endswith("_crop_only.py"))
+    assert len(ablations) == 7  # one per method
+    variant = ":smoke" if smoke else ""
+    for name in ablations:
+        ablation = cli.load_recipe(os.path.join(recipes, name) + variant)
+        base = cli.load_recipe(os.path.join(recipes, name.replace("_crop_only", "")) + variant)
+        assert ablation.pop("augment") == dict(base.pop("augment") or {}, crop_only=True), name
+        assert ablation == base, name

@@ -1,0 +1,16 @@
+"""PIC on Fashion-MNIST with random crops only: the augmentation ablation of NNCLR.
+
+    kcl pretrain --recipe recipes/pic_fmnist_crop_only.py --out runs/ablation/pic_crop_only
+
+`recipes/pic_fmnist.py` (model, data, optimizer and budget unchanged) with
+every view a random resized crop and nothing else: no flip, colour
+distortion, grayscale, blur or solarize (`crop_only=True`). NNCLR's claim
+(Dwibedi et al. 2021, section 5) is that it loses less than SimCLR when
+augmentation is cut down to crops; docs/evaluation.md has the comparison.
+"""
+
+from kcl.zoo import crop_only_recipe
+
+
+def get_config(smoke=False):
+    return crop_only_recipe("pic_fmnist.py", smoke)
