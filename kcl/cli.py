@@ -793,7 +793,11 @@ def _step_settings(args):
     best = bench.device_settings()
     precision = best["precision"] if args.precision == "auto" else args.precision
     jit = best["jit_compile"] if args.jit == "auto" else args.jit == "on"
-    why = f" (auto: {best['reason']})" if "auto" in (args.precision, args.jit) else ""
+    why = ""
+    if args.precision == "auto":
+        why = f" (auto: {best['reason']})"
+    elif args.jit == "auto":
+        why = f" (XLA auto: {'on' if jit else 'off'} on a {best['device']})"
     print(f"kcl: {best['device']}, precision {precision}, XLA {'on' if jit else 'off'}{why}", flush=True)
     return {"precision": precision, "policy": bench.PRECISIONS[precision], "jit_compile": jit}
 
