@@ -24,6 +24,8 @@ import os
 import keras
 import numpy as np
 
+from kcl.methods.base import check_positive_int
+
 
 def embed(encoder, images, batch_size=512):
     """Encoder features of raw images (uint8 or float in [0, 255]) as float32 numpy `[N, F]`.
@@ -186,16 +188,9 @@ def fit_linear_probe(
         num_classes: number of classes; defaults to `max(train_labels) + 1`.
     """
 
-    def unit(f):
-        f = np.asarray(f, "float32")
-        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
     _check_one_label_each(train_features, train_labels, "train_labels")
-    train_x = unit(train_features)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-
-    def normalise(f):
-        return (unit(f) - mean) / std
+    normalise = _normaliser(train_features)
+    train_x = normalise(train_features)
 
     train_y = np.asarray(train_labels).astype("int64")
     if num_classes is None:
@@ -209,9 +204,7 @@ def fit_linear_probe(
         optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    classifier.fit(
-        (train_x - mean) / std, train_y, epochs=epochs, batch_size=batch_size, verbose=0
-    )
+    classifier.fit(train_x, train_y, epochs=epochs, batch_size=batch_size, verbose=0)
 
     def predict(features):
         logits = classifier.predict(normalise(features), batch_size=4096, verbose=0)
@@ -371,18 +364,6 @@ CENTRE_CROP = 0.875
 _SUBSET_FORMAT = "kcl.label_subset"
 
 
-def _check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 1
-        or int(value) != value
-    ):
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 def _check_number(name, value, low, low_closed=True):
     """`value` as a float, or a `ValueError` unless it is a finite number `>= low` (`> low`)."""
     ok = (
@@ -438,10 +419,10 @@ def _check_protocol_args(train, test, encoder, batch_size, seed, epochs, learnin
     """The splits and training arguments `linear_eval` and `fine_tune` share, checked."""
     train = _check_split("train", train, encoder)
     test = _check_split("test", test, encoder)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     seed = _check_seed(seed)
     if epochs is not None:
-        epochs = _check_positive_int("epochs", epochs)
+        epochs = check_positive_int("epochs", epochs)
     if learning_rate is not None:
         learning_rate = _check_number("learning_rate", learning_rate, 0.0, low_closed=False)
     return train, test, batch_size, seed, epochs, learning_rate
@@ -796,7 +777,7 @@ def linear_eval(
     weight_decay = _check_number(
         "weight_decay", _DEFAULT_L2[protocol] if weight_decay is None else weight_decay, 0.0
     )
-    max_iterations = _check_positive_int("max_iterations", max_iterations)
+    max_iterations = check_positive_int("max_iterations", max_iterations)
     tolerance = _check_number("tolerance", tolerance, 0.0)
     num_classes = int(max(train_labels.max(), test_labels.max()) + 1)
     result = {
@@ -1269,7 +1250,7 @@ def transfer(
         )
     for name, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
         if limit is not None:
-            _check_positive_int(name, limit)
+            check_positive_int(name, limit)
     if not (isinstance(splits, (tuple, list)) and len(splits) == 2):
         raise ValueError(f"`splits` must be (train_split, test_split). Received: splits={splits!r}")
     want = tuple(getattr(model, "input_shape", (None,) * 4))
