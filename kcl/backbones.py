@@ -269,6 +269,26 @@ def ResNet(
     return keras.Model(inputs, outputs, name=name)
 
 
+def feature_map_layers(encoder):
+    """Names of the layers of `encoder` whose output is one 4-d tensor, in graph order.
+
+    The last is the final feature map before pooling: what Grad-CAM
+    (`kcl.pictures.saliency_maps`) and Deep InfoMax's local features
+    (`kcl.methods.Contrastive(pairs="context_instance")`) read.
+    """
+    names = []
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):
+            continue
+        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4:
+            names.append(layer.name)
+    return names
+
+
 def torchvision_names(model):
     """Maps each weight of a kcl ResNet to its torchvision `state_dict` key.
 

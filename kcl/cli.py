@@ -1485,7 +1485,7 @@ def _report(args, kind, model, train, test, features, results, figures):
     (no matplotlib, too few images, an encoder without a feature map) is a
     note in the report, not an error.
     """
-    from kcl import pictures
+    from kcl import backbones, pictures
 
     _check_output_dir(args.report, "--report")
     notes = []
@@ -1519,7 +1519,7 @@ def _report(args, kind, model, train, test, features, results, figures):
     ))
 
     epochs = 3 if args.saliency_epochs is None else args.saliency_epochs
-    if not pictures._feature_map_layers(encoder):
+    if not backbones.feature_map_layers(encoder):
         results["saliency"] = None
         why = "a SavedModel hides its layers" if kind == "saved_model" else "it has no layer with a 4-d output"
         notes.append(f"Saliency: not computed; Grad-CAM needs the encoder's feature map, and {why}.")

@@ -5,12 +5,19 @@ heads*: small networks between the representation kept for downstream use
 and the space the loss compares in. kcl has one MLP layer with the options the
 papers vary (hidden widths, batch norm on hidden and output layers, BN
 synchronized across replicas or not), two named defaults, and SwAV's
-`Prototypes`, the clustering head.
+`Prototypes`, the clustering head. Two more heads come from the
+sequence methods: wav2vec 2.0's `QuantisationHead` (product quantisation of
+the targets) and the `ContextualisationHead` (CPC's GRU, or a Transformer
+block) that summarises local features into a context.
 """
 
-import keras
+import math
+import numbers
 
-from kcl import layers
+import keras
+import tensorflow as tf
+
+from kcl import augment, layers
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -228,4 +235,354 @@ class Prototypes(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_prototypes=self.num_prototypes)
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Quantisation (wav2vec 2.0) and contextualisation (CPC, wav2vec 2.0) heads.
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class QuantisationHead(keras.layers.Layer):
+    """Product quantisation by straight-through Gumbel-softmax (wav2vec 2.0).
+
+    The quantisation module of wav2vec 2.0 (arXiv 2006.11477, sections 2
+    and 3.2). A linear layer maps each input `x` to logits `l` of shape
+    `[G, V]`; in each of the `G` codebooks one of `V` entries `e_{g,v}` (of
+    width `entry_dim`) is chosen, the `G` chosen entries are concatenated to
+    `[G * entry_dim]` and a linear layer maps them to the output:
+
+        l = x W_l + b_l                              [b, G, V]
+        training:   y = softmax((l + n) / tau)       n = -log(-log(u)), u ~ U(0, 1)
+                    codes = one_hot(argmax y) + y - sg(y)
+        inference:  codes = one_hot(argmax l)
+        quantised = concat_g(sum_v codes[g, v] e_{g,v}) W_o + b_o
+
+    In the forward pass `codes` is exactly one-hot; in training its gradient
+    is that of the soft `y` (the straight-through estimator), so the logits
+    layer learns. `probabilities = softmax(l)`, without noise or temperature,
+    feed the diversity term `kcl.losses.codebook_diversity` (eq. 4).
+
+    The Gumbel uniforms come from `kcl.augment`'s per-image helper: drawn
+    for the global batch from the layer's `keras.random.SeedGenerator` and
+    this replica's rows kept, so a distributed step draws exactly the noise
+    of a one-device step on the same rows (with `drop_remainder=True`). The
+    seed state is saved with the layer's weights (`model.save`,
+    `save_weights`). Everything is computed in float32, whatever the dtype
+    policy. Initialisation follows fairseq's `GumbelVectorQuantizer`: logits
+    kernel `N(0, 1)` with zero bias, codebook entries `U[0, 1)`.
+
+    wav2vec 2.0 anneals `tau` from 2 to 0.5 (factor 0.999995 per update);
+    `temperature` here is fixed when a step function is traced.
+
+    Args:
+        num_codebooks: number of codebooks `G`. Defaults to `2`.
+        codebook_size: entries per codebook `V`. Defaults to `320`.
+        output_dim: width of the quantised output. Defaults to `128`.
+        temperature: Gumbel-softmax temperature `tau > 0`. Defaults to `2.0`.
+        entry_dim: width of each codebook entry. Defaults to `None`,
+            `max(1, output_dim // num_codebooks)`.
+        seed: integer seed of the Gumbel noise, or `None`. Defaults to `None`.
+        **kwargs: `keras.layers.Layer` arguments (`name`).
+
+    Example:
+
+    >>> head = QuantisationHead(num_codebooks=2, codebook_size=8, output_dim=16)
+    >>> out = head.quantise(keras.ops.ones((4, 32)), training=True)
+    >>> out["quantised"].shape, out["codes"].shape
+    ((4, 16), (4, 2, 8))
+
+    References:
+        - [Baevski et al., 2020 (wav2vec 2.0)](https://arxiv.org/abs/2006.11477)
+        - [Jang et al., 2016. Gumbel-Softmax](https://arxiv.org/abs/1611.01144)
+    """
+
+    def __init__(
+        self,
+        num_codebooks=2,
+        codebook_size=320,
+        output_dim=128,
+        temperature=2.0,
+        entry_dim=None,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.num_codebooks = _check_positive_int("num_codebooks", num_codebooks)
+        self.codebook_size = _check_positive_int("codebook_size", codebook_size)
+        self.output_dim = _check_positive_int("output_dim", output_dim)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature)
+            or not temperature > 0
+        ):
+            raise ValueError(
+                "Argument `temperature` must be a positive finite number. "
+                f"Received: temperature={temperature!r}"
+            )
+        self.temperature = float(temperature)
+        if entry_dim is None:
+            entry_dim = max(1, self.output_dim // self.num_codebooks)
+        self.entry_dim = _check_positive_int("entry_dim", entry_dim)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(
+                f"Argument `seed` must be an integer or None. Received: seed={seed!r}"
+            )
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.logits = keras.layers.Dense(
+            self.num_codebooks * self.codebook_size,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=1.0),
+            name="logits",
+            dtype="float32",
+        )
+        self.out = keras.layers.Dense(self.output_dim, name="out", dtype="float32")
+
+    def _check_input_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(
+                "`QuantisationHead` expects inputs of rank 2, [batch, features]. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self._check_input_shape(input_shape)
+        self.logits.build(input_shape)
+        # [G, V, d]: entry v of codebook g in row [g, v].
+        self.codebooks = self.add_weight(
+            name="codebooks",
+            shape=(self.num_codebooks, self.codebook_size, self.entry_dim),
+            initializer=keras.initializers.RandomUniform(0.0, 1.0),
+            dtype="float32",
+            # Keras autocasts a mixed-policy layer's weights even with the
+            # layer's `autocast=False`; this one stays float32.
+            autocast=False,
+        )
+        self.out.build(input_shape[:1] + (self.num_codebooks * self.entry_dim,))
+
+    def quantise(self, x, training=False):
+        """Quantises `x` `[b, F]`.
+
+        Args:
+            x: `[b, F]` features (any float dtype; computed in float32).
+            training: add Gumbel noise and use the straight-through
+                estimator. Defaults to `False` (argmax of the logits).
+
+        Returns:
+            A dict of float32 tensors: `quantised` `[b, output_dim]`,
+            `codes` `[b, G, V]` (one-hot in the forward pass) and
+            `probabilities` `[b, G, V]` (`softmax` of the logits, no noise).
+        """
+        x = tf.cast(x, "float32")
+        self._check_input_shape(x.shape)
+        if not self.built:
+            self.build(x.shape)
+        g, v = self.num_codebooks, self.codebook_size
+        logits = tf.reshape(self.logits(x), [-1, g, v])
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        if training:
+            batch_size = augment._batch_size(x)
+            u = augment._per_image_uniforms(self.seed_generator, batch_size, g * v)
+            u = tf.clip_by_value(u, 1e-6, 1.0 - 1e-6)
+            noise = -tf.math.log(-tf.math.log(tf.reshape(u, [-1, g, v])))
+            soft = tf.nn.softmax((logits + noise) / self.temperature, axis=-1)
+            hard = tf.one_hot(tf.argmax(soft, axis=-1), v, dtype="float32")
+            # hard + (soft - sg(soft)): exactly `hard` forward (the bracket is
+            # exactly 0), the gradient of `soft` backward.
+            codes = hard + (soft - tf.stop_gradient(soft))
+        else:
+            codes = tf.one_hot(tf.argmax(logits, axis=-1), v, dtype="float32")
+        codebooks = tf.convert_to_tensor(self.codebooks)
+        chosen = tf.einsum("bgv,gvd->bgd", codes, codebooks)
+        chosen = tf.reshape(chosen, [-1, g * self.entry_dim])
+        return {
+            "quantised": self.out(chosen),
+            "codes": codes,
+            "probabilities": probabilities,
+        }
+
+    def call(self, x, training=False):
+        return self.quantise(x, training=training)["quantised"]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.output_dim,)
+
+    def compute_output_spec(self, x, *args, **kwargs):
+        # Float32 whatever the policy (Keras would report the compute dtype).
+        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
+
+    # As `kcl.augment`'s random ops: Keras does not save seed states, so the
+    # layer saves its own next to its weights, and a resumed run continues
+    # the same noise stream.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["seed_state"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        # Keras' H5 stores have `keys()` and `[]` but no iteration.
+        weights = [k for k in list(store.keys()) if k != "seed_state"]
+        super().load_own_variables({k: store[k] for k in weights})
+        if "seed_state" in store:
+            self.seed_generator.state.assign(store["seed_state"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_codebooks=self.num_codebooks,
+            codebook_size=self.codebook_size,
+            output_dim=self.output_dim,
+            temperature=self.temperature,
+            entry_dim=self.entry_dim,
+            seed=self.seed,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class ContextualisationHead(keras.layers.Layer):
+    """Aggregates local features into one context vector per example.
+
+    The survey's contextualisation head (arXiv 2010.05113, section 4.3):
+    the network `g` that summarises the local features `z_1 ... z_n` of an
+    example (time steps of a sequence, or the cells of a feature map in
+    raster order) into a context `c`, against which CPC and wav2vec 2.0
+    contrast their targets. Two modes:
+
+    - `"gru"`: CPC's autoregressive model `g_ar` (arXiv 1807.03748,
+      section 2.2): a GRU over the sequence; the context is its last state.
+    - `"attention"`: a Transformer encoder block, as wav2vec 2.0's context
+      network (arXiv 2006.11477, section 2): an input projection to `units`,
+      a learned position embedding, multi-head self-attention and a
+      feed-forward layer `units -> 2 units (ReLU) -> units`, each with a
+      residual connection followed by layer norm; the context is the mean
+      over positions. Needs a static number of positions (the embedding is
+      made in `build`). Without the position embedding the output would
+      not depend on the order of the positions.
+
+    No batch norm, so the output of a replica depends only on its own rows.
+
+    Args:
+        units: width of the context. Defaults to `256`.
+        mode: `"gru"` or `"attention"`. Defaults to `"gru"`.
+        num_heads: attention heads (`"attention"` only); must divide
+            `units`. Defaults to `4`.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`).
+
+    Example:
+
+    >>> head = ContextualisationHead(units=32, mode="attention", num_heads=4)
+    >>> head(keras.ops.ones((2, 7, 7, 64))).shape  # a 7 x 7 feature map
+    (2, 32)
+
+    References:
+        - [van den Oord et al., 2018 (CPC)](https://arxiv.org/abs/1807.03748)
+        - [Baevski et al., 2020 (wav2vec 2.0)](https://arxiv.org/abs/2006.11477)
+        - [Le-Khac et al., 2020](https://arxiv.org/abs/2010.05113)
+    """
+
+    MODES = ("gru", "attention")
+
+    def __init__(self, units=256, mode="gru", num_heads=4, **kwargs):
+        super().__init__(**kwargs)
+        self.units = _check_positive_int("units", units)
+        if mode not in self.MODES:
+            raise ValueError(
+                "Argument `mode` must be one of 'gru', 'attention'. "
+                f"Received: mode={mode!r}"
+            )
+        self.mode = mode
+        self.num_heads = _check_positive_int("num_heads", num_heads)
+        if mode == "attention" and self.units % self.num_heads:
+            raise ValueError(
+                "Argument `num_heads` must divide `units` in attention mode. "
+                f"Received: units={self.units}, num_heads={self.num_heads}"
+            )
+        policy = self.dtype_policy
+        if mode == "gru":
+            self.gru = keras.layers.GRU(self.units, name="gru", dtype=policy)
+        else:
+            self.projection = keras.layers.Dense(self.units, name="projection", dtype=policy)
+            self.attention = keras.layers.MultiHeadAttention(
+                self.num_heads, self.units // self.num_heads, name="attention", dtype=policy
+            )
+            self.attention_norm = keras.layers.LayerNormalization(
+                name="attention_norm", dtype=policy
+            )
+            self.hidden = keras.layers.Dense(
+                2 * self.units, activation="relu", name="hidden", dtype=policy
+            )
+            self.hidden_out = keras.layers.Dense(self.units, name="hidden_out", dtype=policy)
+            self.hidden_norm = keras.layers.LayerNormalization(name="hidden_norm", dtype=policy)
+
+    def _sequence_shape(self, input_shape):
+        """`[b, n, F]` of an input `[b, n, F]` or `[b, h, w, F]`."""
+        shape = tuple(input_shape)
+        if len(shape) == 3:
+            return shape
+        if len(shape) == 4:
+            h, w = shape[1], shape[2]
+            return (shape[0], None if h is None or w is None else h * w, shape[3])
+        raise ValueError(
+            "`ContextualisationHead` expects a sequence [batch, steps, features] "
+            "or a feature map [batch, height, width, features]. "
+            f"Received: input_shape={shape}"
+        )
+
+    def build(self, input_shape):
+        shape = self._sequence_shape(input_shape)
+        if self.mode == "gru":
+            self.gru.build(shape)
+            return
+        if shape[1] is None:
+            raise ValueError(
+                "Attention mode needs a static number of positions for its "
+                f"position embedding. Received: input_shape={tuple(input_shape)}"
+            )
+        self.projection.build(shape)
+        hidden_shape = shape[:2] + (self.units,)
+        self.position_embedding = self.add_weight(
+            name="position_embedding",
+            shape=(shape[1], self.units),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+        self.attention.build(hidden_shape, hidden_shape)
+        self.attention_norm.build(hidden_shape)
+        self.hidden.build(hidden_shape)
+        self.hidden_out.build(hidden_shape[:2] + (2 * self.units,))
+        self.hidden_norm.build(hidden_shape)
+
+    def call(self, x):
+        self._sequence_shape(x.shape)
+        if x.shape.rank == 4:
+            # Raster order: row by row, left to right. Static sizes where
+            # known, so the sequence length stays static.
+            dynamic = tf.shape(x)
+            size = [dynamic[i] if x.shape[i] is None else x.shape[i] for i in range(4)]
+            x = tf.reshape(x, [size[0], size[1] * size[2], size[3]])
+        if self.mode == "gru":
+            return self.gru(x)
+        x = self.projection(x)
+        x = x + tf.cast(self.position_embedding, x.dtype)
+        x = self.attention_norm(x + self.attention(x, x))
+        x = self.hidden_norm(x + self.hidden_out(self.hidden(x)))
+        return tf.reduce_mean(x, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        batch = self._sequence_shape(input_shape)[0]
+        return (batch, self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, mode=self.mode, num_heads=self.num_heads)
         return config

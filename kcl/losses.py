@@ -7,7 +7,8 @@ three families, all here:
   Hadsell et al. 2006) and `triplet`;
 - probabilistic: `nce`, binary logistic noise-contrastive estimation
   (Gutmann & Hyvarinen 2010, as in instance discrimination, Wu et al. 2018);
-- mutual-information bounds: `info_nce` (CPC / MoCo) and `nt_xent` (SimCLR).
+- mutual-information bounds: `info_nce` (CPC / MoCo), `nt_xent` (SimCLR)
+  and `context_instance_info_nce` (Deep InfoMax's global-vs-local pairs).
 
 Conventions shared by every function:
 
@@ -396,6 +397,76 @@ def info_nce(
     logits = tf.matmul(query, keys, transpose_b=True) * inv_t  # [b, B]
     labels = offset + tf.range(tf.shape(query)[0])
     return _softmax_cross_entropy(with_weak_negative(logits), labels)
+
+
+def context_instance_info_nce(global_features, local_features, temperature=0.1, *, keys=None, offset=0):
+    """DIM's InfoNCE between each image's global feature and its local features.
+
+    Deep InfoMax (Hjelm et al. 2019, section 3.1 and appendix A.2, the
+    "NCE" estimator of local mutual information): the global feature `g_i`
+    of image `i` must pick out each of its own local features `l_{i,p}`
+    (the positions `p` of a feature map) among the local features of every
+    other image of the global batch. With cosine similarities `s`, for each
+    image `i` and position `p`,
+
+    ```
+    l_{i,p} = -log( exp(s(g_i, l_{i,p}) / t)
+                    / (exp(s(g_i, l_{i,p}) / t) + sum_{j != i, p'} exp(s(g_i, l_{j,p'}) / t)) )
+    ```
+
+    and the loss of image `i` is the mean over its `P` positions. (DIM
+    scores with a plain dot product of its encoders' outputs; kcl uses the
+    cosine and a temperature, as its other InfoNCE losses do.) The other
+    images' `(B - 1) P` local features are the same negatives for every
+    position of image `i`, so their log-sum-exp is computed once per image:
+    the cost is `[b, B, P]`, not `[b, P, B P]`. When all logits are equal
+    the loss is `log((B - 1) P + 1)`.
+
+    Args:
+        global_features: `[b, D]` global features of this replica's images.
+        local_features: `[b, P, D]` their local features.
+        temperature: positive float `t`. Defaults to `0.1`.
+        keys: keyword only, `[B, P, D]` local features gathered from all
+            replicas in replica order. Defaults to `local_features`.
+        offset: keyword only, row of this replica's first image in `keys`.
+            Defaults to `0`.
+
+    Returns:
+        Float32 tensor `[b]` of per-image losses.
+
+    Example:
+
+    >>> g, l = tf.random.normal((8, 64)), tf.random.normal((8, 49, 64))
+    >>> context_instance_info_nce(g, l, temperature=0.1).shape
+    TensorShape([8])
+
+    References:
+        - [Hjelm et al., 2019. Learning deep representations by mutual
+          information estimation and maximization](https://arxiv.org/abs/1808.06670)
+    """
+    _check_temperature(temperature)
+    global_features = _embeddings("global_features", global_features)
+    local_features = _as_float32("local_features", local_features)
+    _check_rank("local_features", local_features, 3, "[batch, positions, dim]")
+    _check_same_size("global_features", global_features, 0, "local_features", local_features, 0, "batch size")
+    _check_same_size("global_features", global_features, 1, "local_features", local_features, 2, "feature dim")
+    if keys is None:
+        keys = local_features
+    else:
+        keys = _as_float32("keys", keys)
+        _check_rank("keys", keys, 3, "[global batch, positions, dim]")
+        _check_same_size("local_features", local_features, 1, "keys", keys, 1, "positions")
+        _check_same_size("local_features", local_features, 2, "keys", keys, 2, "feature dim")
+    offset = _check_offset(offset, global_features.shape[0], keys.shape[0])
+    inv_t = 1.0 / tf.cast(temperature, tf.float32)
+    scores = tf.einsum("id,jpd->ijp", _normalize(global_features), _normalize(keys)) * inv_t  # [b, B, P]
+    rows = offset + tf.range(tf.shape(global_features)[0])
+    own = tf.cast(tf.one_hot(rows, tf.shape(keys)[0]), tf.bool)[:, :, None]  # [b, B, 1]
+    positives = tf.reduce_sum(tf.where(own, scores, 0.0), axis=1)  # [b, P]
+    negatives = tf.where(own, _MASKED_LOGIT, scores)
+    negatives = tf.reduce_logsumexp(tf.reshape(negatives, [tf.shape(scores)[0], -1]), axis=1)  # [b]
+    # -log(e^a / (e^a + e^n)) = softplus(n - a), stable for any gap.
+    return tf.reduce_mean(tf.nn.softplus(negatives[:, None] - positives), axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -799,6 +870,57 @@ def swapped_prediction(scores, codes, temperature=0.1):
         terms = [-tf.reduce_sum(q * lp, axis=-1) for v, lp in enumerate(log_probs) if v != s]
         total += tf.add_n(terms) / len(terms)
     return total / len(codes)
+
+
+def codebook_diversity(probabilities):
+    """wav2vec 2.0's codebook diversity loss, a scalar over the global batch.
+
+    With `pbar_g` the softmax distribution over the `V` entries of codebook
+    `g`, averaged over the batch (arXiv 2006.11477, eq. 4):
+
+        L_d = 1/(G V) sum_g -H(pbar_g) = 1/(G V) sum_g sum_v pbar_{g,v} log pbar_{g,v}
+
+    Minimising it maximises the entropy of each codebook's average use, so
+    that all `V` entries get used. It lies in `[-log(V) / V, 0]`: `-log(V) / V`
+    when every codebook is used uniformly, `0` when the whole batch picks one
+    entry per codebook. `0 log 0` counts as `0`.
+
+    `pbar` is the mean over the *global* batch: the local row sums and row
+    counts are summed over replicas with `kcl.distribute`, so the value is
+    the one-device value of the same rows, and the same on every replica
+    (also when the last batch splits unevenly). Since each replica holds the
+    whole value, a method adds `codebook_diversity(p) / num_replicas()` to
+    its replica's share of the loss: summed over replicas, as the optimizer
+    sums gradients (and the all-reduce sums them backward), it counts once.
+
+    Args:
+        probabilities: `[b, G, V]` softmax probabilities of this replica's
+            rows, without Gumbel noise or temperature (the `probabilities`
+            of `kcl.heads.QuantisationHead.quantise`).
+
+    Returns:
+        Float32 scalar.
+
+    Example:
+
+    >>> p = tf.nn.softmax(tf.random.normal((8, 2, 320)), axis=-1)
+    >>> codebook_diversity(p).shape
+    TensorShape([])
+
+    References:
+        - [Baevski et al., 2020 (wav2vec 2.0)](https://arxiv.org/abs/2006.11477)
+    """
+    probabilities = _as_float32("probabilities", probabilities)
+    _check_rank("probabilities", probabilities, 3, "[batch, num_codebooks, codebook_size]")
+    local_count = tf.cast(tf.shape(probabilities)[0], tf.float32)
+    # One all-reduce for the sums and the count.
+    sums, count = distribute.all_reduce_sum(
+        (tf.reduce_sum(probabilities, axis=0), local_count)
+    )
+    mean = tf.math.divide_no_nan(sums, count)  # [G, V]
+    tiny = np.finfo(np.float32).tiny
+    neg_entropy = tf.reduce_sum(mean * tf.math.log(tf.maximum(mean, tiny)))
+    return neg_entropy / tf.cast(tf.size(mean), tf.float32)
 
 
 def _check_stacked(y_pred, num_views, layout):

@@ -29,6 +29,7 @@ import math
 import keras
 import numpy as np
 
+from kcl import backbones
 from kcl.eval import _check_images
 from kcl.robustness import _pyplot
 
@@ -644,21 +645,6 @@ def retrieval_grid(
 # ---------------------------------------------------------------------------
 
 
-def _feature_map_layers(encoder):
-    """Names of the layers of `encoder` whose output is one 4-d tensor, in graph order."""
-    names = []
-    for layer in encoder.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            output = layer.output
-        except (AttributeError, ValueError):
-            continue
-        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4:
-            names.append(layer.name)
-    return names
-
-
 def saliency_maps(encoder, images, layer=None, target=None, batch_size=64):
     """Grad-CAM saliency maps of an encoder's features, `[N, H, W]` in [0, 1].
 
@@ -708,7 +694,7 @@ def saliency_maps(encoder, images, layer=None, target=None, batch_size=64):
             f"`target` must be None or a callable features -> [N] scores. Received: target={target!r}"
         )
     _check_positive_int(batch_size, "batch_size")
-    candidates = _feature_map_layers(encoder)
+    candidates = backbones.feature_map_layers(encoder)
     if not candidates:
         raise ValueError(
             "Grad-CAM needs a layer with a 4-d output [N, h, w, C] (a feature map); the "

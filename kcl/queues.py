@@ -1,11 +1,12 @@
-"""Offline keys: feature queues and momentum (EMA) encoders.
+"""Offline keys: feature queues, memory banks and momentum (EMA) encoders.
 
 The survey (arXiv 2010.05113, section 4.2) calls encoders whose outputs are
 not back-propagated *offline*: a memory of past keys (MoCo's queue, NNCLR's
-support set) or a slowly moving copy of the online network (MoCo's key
-encoder, BYOL's target). Both are state updated without gradients after the
-optimizer step, and both are Keras variables owned by layers, so `model.save`,
-checkpoints and presets keep them.
+support set; Wu et al.'s indexed memory bank, a row per training image) or a
+slowly moving copy of the online network (MoCo's key encoder, BYOL's
+target). All are state updated without gradients after the optimizer step,
+and all are Keras variables owned by layers, so `model.save`, checkpoints
+and presets keep them.
 
 Distributed rule: a queue enqueues the keys of the *global* batch, gathered
 from all replicas in replica order, so every replica holds the same queue as
@@ -153,6 +154,119 @@ class FeatureQueue(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(size=self.size, dim=self.dim, with_labels=self.with_labels)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kcl")
+class MemoryBank(keras.layers.Layer):
+    """An indexed memory of one feature vector per training instance (Wu et al. 2018).
+
+    Instance discrimination keeps a row `v_i` for every one of the `N`
+    training images, read by index instead of recomputed: the positive key of
+    image `i` is `v_i`, and negatives are rows drawn at random. After the
+    optimizer step the rows of the batch move towards the new features by
+    momentum and are projected back onto the unit sphere (eq. 7 of Wu et
+    al.'s proximal term; section 3.2, "memory bank"),
+
+        v_i <- norm(m v_i + (1 - m) f_i)     for each i of the global batch,
+
+    and no other row changes. The rows start as random unit vectors.
+
+    Distributed rule: `update` gathers the indices and features of every
+    replica, in replica order, so each replica writes the same rows and holds
+    the same bank as one device would; `sample` draws its rows from
+    TensorFlow's stateless RNG keyed by `(seed, step)`, the same numbers on
+    every replica and on one device. The variables use
+    `aggregation="only_first_replica"`, as `FeatureQueue` does. An index
+    should appear once per global batch (as it does in an epoch of
+    shuffled data); a repeated index keeps one of its updates.
+
+    Args:
+        size: number of instances `N` (rows).
+        dim: feature width `D`.
+        **kwargs: `keras.layers.Layer` arguments (`name`).
+
+    Example:
+
+    >>> bank = MemoryBank(size=60000, dim=128)
+    >>> positives = bank.gather(index)                  # [b, 128], no gradient
+    >>> negatives = bank.sample(4096, seed=0, step=optimizer.iterations)
+    >>> bank.update(index, tf.math.l2_normalize(z, -1), momentum=0.5)
+
+    References:
+        - [Wu et al., 2018. Unsupervised Feature Learning via Non-Parametric
+          Instance Discrimination](https://arxiv.org/abs/1805.01978)
+    """
+
+    def __init__(self, size, dim, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("size", size), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        self.size = int(size)
+        self.dim = int(dim)
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.bank = self.add_weight(
+            name="bank",
+            shape=(self.size, self.dim),
+            initializer=_normalized_normal,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.built = True
+
+    @property
+    def features(self):
+        """The bank as a `[size, dim]` tensor (no gradient flows into it)."""
+        return tf.stop_gradient(tf.convert_to_tensor(self.bank))
+
+    def call(self, index):
+        return self.gather(index)
+
+    def gather(self, index):
+        """The rows `v_index`, `[b, dim]`, without gradient."""
+        return tf.gather(self.features, tf.cast(tf.reshape(index, [-1]), "int32"))
+
+    def sample(self, count, seed, step):
+        """`count` rows drawn uniformly with replacement, `[count, dim]`, without gradient.
+
+        The draw is a function of `(seed, step)` alone (stateless RNG), so
+        every replica, and one device, draws the same rows at the same step.
+        """
+        key = tf.stack([tf.cast(seed, "int64"), tf.cast(step, "int64")])
+        rows = tf.random.stateless_uniform([int(count)], key, maxval=self.size, dtype="int32")
+        return tf.gather(self.features, rows)
+
+    def update(self, index, features, momentum):
+        """`v_i <- norm(m v_i + (1 - m) f_i)` for the instances of the global batch.
+
+        Args:
+            index: `[b]` integer instance indices of this replica's examples.
+            features: `[b, dim]` their new features (gathered across replicas
+                here); normalised inside.
+            momentum: the coefficient `m` in `[0, 1]`; `0` writes the new
+                features.
+        """
+        features = tf.convert_to_tensor(features)
+        if features.shape.rank != 2 or features.shape[-1] != self.dim:
+            raise ValueError(
+                f"Features must be [b, {self.dim}]. Received: features.shape={tuple(features.shape)}"
+            )
+        index = distribute.all_gather(tf.cast(tf.reshape(index, [-1]), "int32"))
+        features = tf.stop_gradient(distribute.all_gather(tf.cast(features, self.bank.dtype)))
+        features = tf.math.l2_normalize(features, -1)
+        m = tf.cast(momentum, self.bank.dtype)
+        rows = m * tf.gather(self.bank, index) + (1.0 - m) * features
+        rows = tf.math.l2_normalize(rows, -1)
+        self.bank.assign(tf.tensor_scatter_nd_update(self.bank, index[:, None], rows))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, dim=self.dim)
         return config
 
 

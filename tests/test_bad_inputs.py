@@ -216,6 +216,15 @@ def _views_as_list(ctx):
     fit(ctx.res.views_model, dataset({"views": list(views)}))
 
 
+def _contrastive(ctx, **kwargs):
+    model = kcl.methods.Contrastive(
+        ctx.res.encoder, augmenter=kcl.methods.Contrastive.default_augmenter(SIZE),
+        projection_hidden_dims=(16,), projection_dim=8, **kwargs,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    return model
+
+
 def _distributed_odd_batch(ctx):
     with two_cpu_strategy().scope():
         model = kcl.methods.SimCLR(
@@ -340,6 +349,19 @@ API_CASES = [
     Case("pic-index-out-of-range", f"{API}(x['index'])", "instance indices >= num_instances",
          lambda ctx: fit(ctx.res.pic(), dataset({"images": ctx.res.images, "index": np.arange(8) + 10})),
          r"\[0, 8\).*index in \[10, 17\]"),
+    Case("contrastive-memory-bank-without-index", f"{API}(x['index'])",
+         "a Contrastive memory bank fed batches without instance indices",
+         lambda ctx: fit(_contrastive(ctx, key_encoder="memory_bank", num_instances=8), ctx.res.images, batch_size=8),
+         r"memory bank keeps a row per training image.*index=None"),
+    Case("contrastive-nt-xent-with-momentum", "Contrastive(loss)", "NT-Xent with a momentum key encoder",
+         lambda ctx: _contrastive(ctx, loss="nt_xent", key_encoder="momentum"),
+         r"loss='nt_xent'.*key_encoder='shared'.*Received: pairs='views', key_encoder='momentum'"),
+    Case("contrastive-misspelt-key-encoder", "Contrastive(key_encoder)", "key_encoder='momentun'",
+         lambda ctx: _contrastive(ctx, key_encoder="momentun"), r"Did you mean 'momentum'.*key_encoder='momentun'"),
+    Case("contrastive-bank-negatives-without-bank", "Contrastive(negatives)",
+         "memory-bank negatives with a momentum key encoder",
+         lambda ctx: _contrastive(ctx, key_encoder="momentum", negatives="memory_bank"),
+         r"memory bank is both the key encoder and the source of negatives.*negatives='memory_bank'"),
     # Devices and queues.
     Case("fit-batch-not-divisible-by-replicas", f"{API}(batch_size)", "a batch of 7 on 2 replicas",
          _distributed_odd_batch, r"split evenly over the 2 replicas.*batch_size=7"),

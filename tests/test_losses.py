@@ -664,3 +664,102 @@ def test_info_nce_weak_negative_with_alpha_1_is_a_per_query_negative():
     in_batch = losses.info_nce(q, k, temperature=0.2, weak_negative=t, alpha=2.0).numpy()
     logits = np.concatenate([qn @ kn.T, 2.0 * (qn * tn).sum(1, keepdims=True)], 1) / 0.2
     np.testing.assert_allclose(in_batch, -_log_softmax(logits)[np.arange(6), np.arange(6)], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# wav2vec 2.0's codebook diversity.
+
+
+def _diversity_np(p):
+    mean = p.mean(axis=0)
+    safe = np.where(mean > 0, mean, 1.0)
+    return (mean * np.log(safe)).sum() / mean.size
+
+
+def test_codebook_diversity_closed_forms_and_numpy():
+    uniform = np.full((3, 2, 4), 0.25, "float32")
+    value = losses.codebook_diversity(uniform)
+    assert value.shape == () and value.dtype == tf.float32
+    np.testing.assert_allclose(value.numpy(), -math.log(4) / 4, rtol=1e-6)
+    # Every row picks the same entry of each codebook: no diversity, 0 (0 log 0 = 0).
+    same = np.zeros((5, 2, 4), "float32")
+    same[:, 0, 1] = same[:, 1, 3] = 1.0
+    assert losses.codebook_diversity(same).numpy() == 0.0
+    # Rows that pick different entries average to a spread distribution.
+    spread = np.eye(4, dtype="float32")[:, None, :].repeat(2, axis=1)
+    np.testing.assert_allclose(losses.codebook_diversity(spread).numpy(), -math.log(4) / 4, rtol=1e-6)
+    p = np.exp(_normal(6, 3, 5))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(losses.codebook_diversity(p).numpy(), _diversity_np(p), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.codebook_diversity(tf.constant(p, tf.float16)).numpy(), _diversity_np(p), rtol=1e-2
+    )
+    with pytest.raises(ValueError, match="rank 3"):
+        losses.codebook_diversity(p[0])
+
+
+def test_codebook_diversity_on_two_replicas_equals_one_device(two_cpus):
+    p = np.exp(3 * _normal(4, 2, 5))
+    p /= p.sum(-1, keepdims=True)
+    expected = losses.codebook_diversity(p).numpy()
+    with tf.GradientTape() as tape:
+        t = tf.constant(p)
+        tape.watch(t)
+        value = losses.codebook_diversity(t)
+    expected_grad = tape.gradient(value, t).numpy()
+    local = two_cpus.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(p)[2 * ctx.replica_id_in_sync_group :][:2]
+    )
+
+    def replica_step(rows):
+        with tf.GradientTape() as tape:
+            tape.watch(rows)
+            value = losses.codebook_diversity(rows)
+            # The documented share: each replica holds the whole value.
+            share = value / tf.distribute.get_replica_context().num_replicas_in_sync
+        return value, tape.gradient(share, rows)
+
+    values, grads = two_cpus.run(tf.function(replica_step), (local,))
+    got = [v.numpy() for v in two_cpus.experimental_local_results(values)]
+    np.testing.assert_allclose(got, [expected, expected], rtol=1e-6)
+    grads = np.concatenate([g.numpy() for g in two_cpus.experimental_local_results(grads)])
+    np.testing.assert_allclose(grads, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------- context_instance_info_nce
+def context_instance_reference(g, local, t):
+    """Deep InfoMax's InfoNCE written out: one softmax row per (image, position)."""
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    local = local / np.linalg.norm(local, axis=2, keepdims=True)
+    batch, positions, _ = local.shape
+    losses_ = np.zeros(batch)
+    for i in range(batch):
+        negatives = [g[i] @ local[j, p] / t for j in range(batch) if j != i for p in range(positions)]
+        for p in range(positions):
+            logits = np.array([g[i] @ local[i, p] / t] + negatives, dtype="float64")
+            losses_[i] += (np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[0]) / positions
+    return losses_
+
+
+def test_context_instance_info_nce_matches_the_written_out_softmax():
+    rng = np.random.default_rng(0)
+    g, local = rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 5, 6)).astype("float32")
+    got = losses.context_instance_info_nce(g, local, temperature=0.3).numpy()
+    np.testing.assert_allclose(got, context_instance_reference(g, local, 0.3), rtol=1e-5)
+
+
+def test_context_instance_info_nce_all_equal_logits_and_offset_into_gathered_keys():
+    got = losses.context_instance_info_nce(tf.ones((3, 4)), tf.ones((3, 5, 4)), temperature=0.5).numpy()
+    np.testing.assert_allclose(got, np.log((3 - 1) * 5 + 1), rtol=1e-6)
+    rng = np.random.default_rng(1)
+    g, local = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(6, 3, 4)).astype("float32")
+    whole = losses.context_instance_info_nce(g, local, temperature=0.2).numpy()
+    second_half = losses.context_instance_info_nce(g[3:], local[3:], temperature=0.2, keys=local, offset=3)
+    np.testing.assert_allclose(second_half.numpy(), whole[3:], rtol=1e-6)
+
+
+def test_context_instance_info_nce_bad_shapes():
+    with pytest.raises(ValueError, match="local_features"):
+        losses.context_instance_info_nce(tf.ones((3, 4)), tf.ones((3, 4)))
+    with pytest.raises(ValueError, match="feature dim"):
+        losses.context_instance_info_nce(tf.ones((3, 4)), tf.ones((3, 5, 2)))

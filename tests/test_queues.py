@@ -255,3 +255,84 @@ def test_momentum_copy_inside_a_model_adds_no_trainable_weights():
     before = bn.moving_mean.numpy().copy()
     model(np.random.default_rng(1).uniform(size=(4, 8, 8, 1)).astype("float32") + 1, training=True)
     assert not np.allclose(bn.moving_mean.numpy(), before)
+
+
+# ------------------------------------------------------------- MemoryBank
+def unit_rows(count, dim, seed=0):
+    rows = np.random.default_rng(seed).normal(size=(count, dim)).astype("float32")
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_memory_bank_update_moves_only_the_rows_of_the_batch():
+    bank = queues.MemoryBank(size=10, dim=4)
+    before = bank.bank.numpy().copy()
+    np.testing.assert_allclose(np.linalg.norm(before, axis=1), 1.0, rtol=1e-5)
+    index = np.array([7, 2, 5])
+    features = 3.0 * unit_rows(3, 4, seed=1)  # normalised inside
+    bank.update(index, features, momentum=0.5)
+    after = bank.bank.numpy()
+    expected = before.copy()
+    mixed = 0.5 * before[index] + 0.5 * features / 3.0
+    expected[index] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(10), index)
+    np.testing.assert_array_equal(after[untouched], before[untouched])
+    bank.update(index, features, momentum=0.0)
+    np.testing.assert_allclose(bank.bank.numpy()[index], features / 3.0, rtol=1e-5)
+
+
+def test_memory_bank_gather_and_sample_have_no_gradient_and_sample_is_a_function_of_seed_and_step():
+    bank = queues.MemoryBank(size=50, dim=3)
+    with tf.GradientTape() as tape:
+        tape.watch(bank.bank.value)
+        out = tf.reduce_sum(bank.gather([1, 2])) + tf.reduce_sum(bank.sample(5, seed=0, step=0))
+    assert tape.gradient(out, bank.bank.value) is None
+    np.testing.assert_array_equal(bank.gather([4, 9]).numpy(), bank.bank.numpy()[[4, 9]])
+    a, b = bank.sample(64, seed=3, step=7).numpy(), bank.sample(64, seed=3, step=7).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, bank.sample(64, seed=3, step=8).numpy())
+    assert not np.array_equal(a, bank.sample(64, seed=4, step=7).numpy())
+    rows = bank.bank.numpy()
+    assert all((np.abs(rows - s).max(axis=1) == 0).any() for s in a)  # every draw is a bank row
+
+
+def test_memory_bank_on_two_replicas_writes_the_global_batch(two_cpus):
+    size, dim, local = 12, 3, 2
+    with two_cpus.scope():
+        bank = queues.MemoryBank(size=size, dim=dim)
+    single = queues.MemoryBank(size=size, dim=dim)
+    single.bank.assign(bank.bank.numpy())
+    global_index = np.array([9, 0, 4, 11], dtype="int32")
+    global_features = unit_rows(2 * local, dim, seed=2)
+
+    @tf.function
+    def step():
+        def update_local_rows():
+            r = tf.distribute.get_replica_context().replica_id_in_sync_group
+            rows = r * local + tf.range(local)
+            bank.update(tf.gather(global_index, rows), tf.gather(global_features, rows), momentum=0.5)
+
+        two_cpus.run(update_local_rows)
+
+    step()
+    single.update(global_index, global_features, momentum=0.5)
+    copies = [np.asarray(v) for v in two_cpus.experimental_local_results(bank.bank.value)]
+    for copy in copies:
+        np.testing.assert_allclose(copy, single.bank.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"size": 0, "dim": 4}, "size"), ({"size": 4, "dim": 2.5}, "dim"), ({"size": True, "dim": 4}, "size")],
+)
+def test_memory_bank_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=f"Received: {name}="):
+        queues.MemoryBank(**kwargs)
+
+
+def test_memory_bank_config_round_trip_and_wrong_width():
+    bank = queues.MemoryBank(size=6, dim=5, name="bank")
+    clone = queues.MemoryBank.from_config(json.loads(json.dumps(bank.get_config())))
+    assert (clone.size, clone.dim, clone.name) == (6, 5, "bank")
+    with pytest.raises(ValueError, match=r"features.shape=\(2, 4\)"):
+        bank.update([0, 1], np.zeros((2, 4), "float32"), momentum=0.5)

@@ -2,12 +2,15 @@
 
 Every method subclasses `ContrastiveModel`; `get(name)` finds one by its
 lower-case class name, so adding a method is one import line here.
+`Contrastive` is the survey's framework itself: a method assembled from
+parts by configuration (docs/taxonomy.md).
 """
 
 import difflib
 
 from kcl.methods.base import ContrastiveModel
 from kcl.methods.byol import BYOL
+from kcl.methods.contrastive import Contrastive
 from kcl.methods.moco import MoCoV2
 from kcl.methods.nnclr import NNCLR
 from kcl.methods.pic import PIC
@@ -43,4 +46,4 @@ def get(name):
     return methods[key]
 
 
-__all__ = ["BYOL", "NNCLR", "PIC", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "SwAV", "get", "names"]
+__all__ = ["BYOL", "NNCLR", "Contrastive", "PIC", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "SwAV", "get", "names"]

@@ -32,6 +32,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kcl import distribute
@@ -81,6 +82,44 @@ def check_augment_overrides(factory, overrides):
             f"kcl.augment.{factory.__name__} takes no argument named "
             f"{', '.join(unknown)}. Received: overrides={overrides}"
         )
+
+
+def check_index_values(index, num_instances):
+    """`ValueError` unless the instance indices `index` are integers in `[0, num_instances)`."""
+    index = np.asarray(index)
+    if not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(
+            f"Instance indices must be integers. Received: index.dtype={index.dtype}"
+        )
+    if index.size and (index.min() < 0 or index.max() >= num_instances):
+        raise ValueError(
+            f"Instance indices must be in [0, {num_instances}) "
+            f"(num_instances={num_instances}). Received: index in "
+            f"[{index.min()}, {index.max()}]"
+        )
+
+
+def check_fit_index(x, num_instances, missing_message):
+    """The first batch `fit` will see carries instance indices in range.
+
+    For methods that keep a row per training image (PIC's instance weights,
+    a memory bank): `missing_message` says how to feed the indices.
+    Generators and PyDatasets pass unchecked.
+    """
+    if isinstance(x, tf.data.Dataset):
+        batch = next(iter(x.take(1)), None)
+        if batch is None:
+            return  # fit reports the empty dataset
+        if isinstance(batch, tuple) and len(batch) == 1:
+            batch = batch[0]
+    elif isinstance(x, (dict, np.ndarray, tuple, list)):
+        batch = x
+    else:
+        return
+    index = batch.get("index") if isinstance(batch, dict) else None
+    if index is None:
+        raise ValueError(f"{missing_message} Received: index=None")
+    check_index_values(index, num_instances)
 
 
 # What keras.Model's **kwargs take; anything else a method receives is unknown.

@@ -4,7 +4,6 @@ import math
 import numbers
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kcl import augment, distribute, optimizers
@@ -12,6 +11,8 @@ from kcl.heads import ProjectionHead
 from kcl.methods.base import (
     ContrastiveModel,
     check_augment_overrides,
+    check_fit_index,
+    check_index_values,
     check_positive_int,
     check_widths,
 )
@@ -597,39 +598,9 @@ class PIC(ContrastiveModel):
         return [self.instance_accuracy]
 
     # ------------------------------------------------------------- checks
-    def _check_index_values(self, index):
-        index = np.asarray(index)
-        if not np.issubdtype(index.dtype, np.integer):
-            raise ValueError(
-                f"Instance indices must be integers. Received: index.dtype={index.dtype}"
-            )
-        if index.size and (index.min() < 0 or index.max() >= self.num_instances):
-            raise ValueError(
-                f"Instance indices must be in [0, {self.num_instances}) "
-                f"(num_instances={self.num_instances}). Received: index in "
-                f"[{index.min()}, {index.max()}]"
-            )
-
-    def _check_fit_index(self, x):
-        """The first batch `fit` will see has instance indices in range."""
-        if isinstance(x, tf.data.Dataset):
-            batch = next(iter(x.take(1)), None)
-            if batch is None:
-                return  # the base class reports the empty dataset
-            if isinstance(batch, tuple) and len(batch) == 1:
-                batch = batch[0]
-        elif isinstance(x, (dict, np.ndarray, tuple, list)):
-            batch = x
-        else:
-            return  # generators and PyDatasets pass unchecked
-        index = batch.get("index") if isinstance(batch, dict) else None
-        if index is None:
-            raise ValueError(f"{_MISSING_INDEX} Received: index=None")
-        self._check_index_values(index)
-
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.fit`, after checking that the data carries instance indices in range."""
-        self._check_fit_index(x)
+        check_fit_index(x, self.num_instances, _MISSING_INDEX)
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     # ------------------------------------------------------------ training
@@ -637,7 +608,7 @@ class PIC(ContrastiveModel):
         if index is None:
             raise ValueError(f"{_MISSING_INDEX} Received: index=None")
         if tf.executing_eagerly():
-            self._check_index_values(np.asarray(index))
+            check_index_values(index, self.num_instances)
         # Catch-up and queue first: the forward uses the rows as dense SGD
         # would have them after all the steps so far.
         weights, keep, targets = self.instances.select(index, training)
