@@ -1136,7 +1136,6 @@ def _load_preset(spec):
 
 
 # `_load_eval_model`'s kinds of model, in words.
-_MODEL_KINDS = {"saved_model": "SavedModel", "preset": "preset", "keras": ".keras file", "zoo": "zoo preset"}
 
 
 def _load_eval_model(spec):
@@ -1325,13 +1324,14 @@ def _check_eval_flags(args):
 
 def cmd_eval(args):
     import kcl
+    from kcl.report import MODEL_KINDS
 
     fractions, transfer_names = _check_eval_flags(args)
     model, kind = _load_eval_model(args.model)
     train = _load_split(args, "train")
     test = _load_split(args, "test")
     _check_images_fit(args, model, train[0])
-    print(f"kcl: {_MODEL_KINDS[kind]} {args.model}: embedding {len(train[0])} training and {len(test[0])} "
+    print(f"kcl: {MODEL_KINDS[kind]} {args.model}: embedding {len(train[0])} training and {len(test[0])} "
           "test images ...", flush=True)
     features = (kcl.eval.embed(model, train[0]), kcl.eval.embed(model, test[0]))
     table = _knn_table(train, test, features)
@@ -1361,18 +1361,11 @@ def cmd_eval(args):
     if args.report:
         _report(args, kind, model, train, test, features, results, figures)
     if args.json:
+        from kcl.report import json_value
+
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=_json_value)
+            json.dump(results, f, indent=1, default=json_value)
     return results
-
-
-def _json_value(value):
-    """NumPy scalars and arrays as JSON values (json.dump's `default`)."""
-    import numpy as np
-
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _pixel_encoder(shape):
@@ -1466,188 +1459,16 @@ def _transfer(args, model, train, names):
 
 # Images drawn in the report's retrieval grid and saliency figure, and the
 # points of its t-SNE.
-_REPORT_IMAGES = 8
-_TSNE_POINTS = 2000
-
-
-def _uint8(images):
-    import numpy as np
-
-    images = np.asarray(images)
-    return images if images.dtype == np.uint8 else np.clip(np.rint(images), 0, 255).astype("uint8")
-
-
 def _report(args, kind, model, train, test, features, results, figures):
-    """`kcl eval --report DIR`: the figures, report.md and report.json.
-
-    `figures` holds the figures written before (--robustness); the report
-    adds its own and lists exactly these. A figure that cannot be drawn
-    (no matplotlib, too few images, an encoder without a feature map) is a
-    note in the report, not an error.
-    """
-    from kcl import backbones, pictures
+    """`kcl eval --report DIR`: `kcl.report.write_report` with the command's settings."""
+    from kcl import report
 
     _check_output_dir(args.report, "--report")
-    notes = []
-    (x_train, y_train), (x_test, y_test) = train, test
-    train_images, test_images = _uint8(x_train), _uint8(x_test)
-    encoder = getattr(model, "encoder", model)
-    drawn = []
-
-    def draw(name, what, plot):
-        try:
-            plot(os.path.join(args.report, name))
-        except ImportError as error:  # matplotlib is an optional extra
-            notes.append(f"{what}: not drawn ({error}).")
-            return False
-        drawn.append((name, what))
-        return True
-
-    if len(x_test) < 4:
-        notes.append(f"t-SNE: not drawn; it needs at least 4 test images, --data gives {len(x_test)}.")
-    else:
-        print(f"kcl: t-SNE of {min(_TSNE_POINTS, len(x_test))} test embeddings ...", flush=True)
-        draw("tsne.png", "t-SNE of the test embeddings (class-balanced)", lambda path: pictures.embedding_scatter(
-            features[1], y_test, path, max_points=_TSNE_POINTS, seed=args.seed,
-            title=f"t-SNE of {min(_TSNE_POINTS, len(x_test))} test embeddings",
-        ))
-    k = min(_REPORT_IMAGES, len(x_train))
-    print(f"kcl: retrieval of {min(_REPORT_IMAGES, len(x_test))} test queries in the training set ...", flush=True)
-    draw("retrieval.png", f"test queries and their {k} nearest training images", lambda path: pictures.retrieval_grid(
-        test_images, train_images, features[1], features[0], path, k=k, query_labels=y_test,
-        gallery_labels=y_train, num_queries=_REPORT_IMAGES, seed=args.seed,
-    ))
-
-    epochs = 3 if args.saliency_epochs is None else args.saliency_epochs
-    if not backbones.feature_map_layers(encoder):
-        results["saliency"] = None
-        why = "a SavedModel hides its layers" if kind == "saved_model" else "it has no layer with a 4-d output"
-        notes.append(f"Saliency: not computed; Grad-CAM needs the encoder's feature map, and {why}.")
-    else:
-        images = test_images[:_REPORT_IMAGES]
-        print(f"kcl: saliency: Grad-CAM of {len(images)} test images; supervised baseline of the same "
-              f"architecture, {epochs} epochs on {len(x_train)} training images ...", flush=True)
-        ssl = pictures.saliency_maps(encoder, images)
-        supervised, _, target = pictures.supervised_baseline(encoder, (train_images, y_train), epochs=epochs,
-                                                             seed=args.seed)
-        sup = pictures.saliency_maps(supervised, images, target=target)
-        overlap = pictures.saliency_overlap(ssl, sup, top=0.2)
-        results["saliency"] = {
-            "num_images": len(images), "supervised_epochs": epochs, "top": 0.2,
-            "mean_iou": overlap["mean"], "iou": overlap["iou"].tolist(),
-        }
-        print(f"kcl: saliency overlap (IoU of the top 20% pixels) with the supervised baseline: "
-              f"{overlap['mean']:.3f}", flush=True)
-        draw("saliency.png", "Grad-CAM saliency, self-supervised and supervised",
-             lambda path: pictures.saliency_figure(images, [ssl, sup], path))
-
-    # Paths relative to the report, which links them.
-    captions = {"robustness.png": "kNN-200 accuracy per corruption and severity",
-                "similarity.png": "cosine similarity of positive, negative, patch and texture pairs"}
-    written = [(os.path.relpath(path, args.report), captions.get(os.path.basename(path), os.path.basename(path)))
-               for path in figures] + drawn
-    subsets = [os.path.relpath(run["subset_path"], args.report)
-               for run in (results.get("fine_tune") or {}).values() if run["subset_path"]]
-    figure_files = [name for name, _ in written]
-    # The files in the report's folder (the robustness figures may lie elsewhere).
-    files = [*(name for name in figure_files if not name.startswith(os.pardir)), *subsets, "report.md", "report.json"]
-    summary = {
-        "model": args.model, "model_kind": kind, "data": args.data,
-        "train_images": len(x_train), "test_images": len(x_test),
-        "image_shape": [int(d) for d in x_train.shape[1:]],
-        "figures": figure_files, "files": files, "notes": notes, **results,
-    }
-    # report.md names the subset files as report.json lists them, relative to the report.
-    fine_tune = {fraction: dict(run, subset_file=os.path.relpath(run["subset_path"], args.report))
-                 for fraction, run in (results.get("fine_tune") or {}).items()}
-    with open(os.path.join(args.report, "report.md"), "w", encoding="utf-8") as f:
-        f.write(_report_markdown(dict(summary, fine_tune=fine_tune), written))
-    with open(os.path.join(args.report, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, default=_json_value)
-    print(f"kcl: report in {args.report}: {', '.join(files)}", flush=True)
-    return summary
-
-
-def _report_markdown(summary, figures):
-    """report.md: a table per evaluation, the saliency overlap, each figure as a link, the notes."""
-
-    def percent(value):
-        return "-" if value is None else f"{100 * value:.2f}"
-
-    def section(title, *rows):
-        lines.extend(["", f"## {title}", "", *rows])
-
-    shape = "x".join(map(str, summary["image_shape"]))
-    kind = _MODEL_KINDS[summary["model_kind"]]
-    lines = [
-        "# kcl eval report",
-        "",
-        (
-            f"Model `{summary['model']}` ({kind}) on `{summary['data']}`: {summary['train_images']} "
-            f"training and {summary['test_images']} test images of {shape}."
-        ),
-    ]
-    section(
-        "kNN",
-        "| features | kNN-200 (weighted, t=0.1) (%) | 20-NN (cosine) (%) |",
-        "|---|---:|---:|",
-        *(f"| {name} | {percent(row['knn200_weighted'])} | {percent(row['nn20_cosine'])} |"
-          for name, row in summary["knn"].items()),
+    return report.write_report(
+        args.report, model, train, test, features, results, figures,
+        model_name=args.model, model_kind=kind,
+        data_name=args.data, seed=args.seed, saliency_epochs=args.saliency_epochs,
     )
-    if summary.get("linear_probe"):
-        section(
-            "Linear probe",
-            "AdamW on fixed features (kcl.eval.linear_probe), a quick stand-in for linear evaluation.",
-            "",
-            "| features | top-1 (%) |",
-            "|---|---:|",
-            *(f"| {name} | {percent(top1)} |" for name, top1 in summary["linear_probe"].items()),
-        )
-    if summary.get("linear_eval"):
-        protocol = next(iter(summary["linear_eval"].values()))["protocol"]
-        section(
-            f"Linear evaluation ({protocol})",
-            "| features | top-1 (%) | top-5 (%) |",
-            "|---|---:|---:|",
-            *(f"| {name} | {percent(r['top1'])} | {percent(r['top5'])} |" for name, r in summary["linear_eval"].items()),
-        )
-    if summary.get("fine_tune"):
-        section(
-            "Fine-tuning on label subsets",
-            "| label fraction | labelled images | epochs | top-1 (%) | top-5 (%) | subset file |",
-            "|---:|---:|---:|---:|---:|---|",
-            *(f"| {fraction} | {r['num_labelled']} | {r['epochs']} | {percent(r['top1'])} | {percent(r['top5'])} "
-              f"| {r['subset_file'] or '-'} |" for fraction, r in summary["fine_tune"].items()),
-        )
-    if summary.get("transfer"):
-        section("Transfer", summary["transfer"]["table"])
-    if summary.get("robustness"):
-        s = summary["robustness"]["summary"]
-        pixels = s["raw_pixels"]
-        section(
-            "Robustness (kNN-200 on corrupted test images)",
-            "| features | clean (%) | mean corruption accuracy (%) | mCE vs raw pixels |",
-            "|---|---:|---:|---:|",
-            f"| raw pixels | {percent(pixels['clean_accuracy'])} | {percent(pixels['mean_corruption_accuracy'])} | 1.000 |",
-            f"| encoder | {percent(s['clean_accuracy'])} | {percent(s['mean_corruption_accuracy'])} "
-            f"| {s['mean_corruption_error']:.3f} |",
-        )
-    if summary.get("saliency"):
-        s = summary["saliency"]
-        section(
-            "Saliency",
-            f"Mean IoU of the {s['top'] * 100:g}% most salient pixels (Grad-CAM) of the encoder and of a "
-            f"supervised copy of its architecture ({s['supervised_epochs']} epochs), over {s['num_images']} test "
-            f"images: {s['mean_iou']:.3f} (1: the same pixels; chance is about {s['top'] / (2 - s['top']):.2f}).",
-        )
-    if figures:
-        links = []
-        for name, what in figures:
-            links += ["", f"![{what}]({name})"]
-        section("Figures", *links[1:])
-    if summary["notes"]:
-        section("Notes", *(f"- {note}" for note in summary["notes"]))
-    return "\n".join(lines) + "\n"
 
 
 def _robustness(args, model, train, test, features, figures=None):
