@@ -16,6 +16,10 @@ saved_models/), on the 60,000 training and 10,000 test images:
 - crop-only: kNN-200 of `recipes/<method>_fmnist_crop_only.py`, read from
   `<ablation>/<method>_crop_only/metrics.json` when that run exists.
 
+`random:<card>` measures the card's architecture with random weights, the
+reference that shows what pretraining adds (its fine-tuning rows are
+training from scratch on the subsets).
+
 Each card's numbers go to `<out>/<card>.json` as soon as they are measured,
 and a card already there is not measured again, so an interrupted run picks up
 where it stopped. Progress is printed per card and stage.
@@ -58,7 +62,10 @@ def _crop_only_knn(ablation, method):
 
 def measure(card, train, test, args):
     """The card's row: a dict of accuracies and the seconds each stage took."""
-    encoder = kcl.zoo.load(card).encoder
+    if card.startswith("random:"):
+        encoder = kcl.zoo.load(card.removeprefix("random:"), weights="random").encoder
+    else:
+        encoder = kcl.zoo.load(card).encoder
     row, seconds = {"card": card}, {}
 
     def stage(name, fn):
@@ -101,7 +108,8 @@ def table(rows, ablation):
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        crop = _crop_only_knn(ablation, METHOD_OF_CARD[row["card"]])
+        method = METHOD_OF_CARD.get(row["card"])
+        crop = method and _crop_only_knn(ablation, method)
         lines.append(
             f"| {row['card']} | {_percent(row['knn200'])} | {_percent(row['linear_top1'])} | "
             f"{_percent(row['ft1'])} | {_percent(row['ft10'])} | {_percent(row['mca'])} | "
@@ -122,7 +130,7 @@ def main():
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
     cards = [c for c in args.cards.split(",") if c]
-    unknown = sorted(set(cards) - set(METHOD_OF_CARD))
+    unknown = sorted({c.removeprefix("random:") for c in cards} - set(METHOD_OF_CARD))
     if unknown:
         parser.error(f"unknown cards {unknown}; choose from {sorted(METHOD_OF_CARD)}")
     os.makedirs(args.out, exist_ok=True)
@@ -134,7 +142,7 @@ def main():
         train, test = ((x[: args.limit], y[: args.limit]) for x, y in (train, test))
     rows = []
     for card in cards:
-        path = os.path.join(args.out, f"{card}.json")
+        path = os.path.join(args.out, f"{card.replace(':', '_')}.json")
         if os.path.exists(path):
             with open(path) as f:
                 rows.append(json.load(f))
