@@ -44,6 +44,9 @@ METHOD_OF_CARD = {
     "nnclr_r18_fmnist": "nnclr",
     "swav_r18_fmnist": "swav",
     "pic_r18_fmnist": "pic",
+    # kcl.methods.Contrastive cards: no crop-only recipe.
+    "instdisc_r18_fmnist": None,
+    "distill_r18_fmnist": None,
 }
 
 

@@ -43,6 +43,7 @@ import keras
 import tensorflow as tf
 
 from kcl import distribute
+from kcl.checks import check_positive_int
 
 # ITU-R BT.601 luma weights (also PIL's "L" conversion and, to 4 digits,
 # torchvision's `rgb_to_grayscale`). They sum to exactly 1, so grey images
@@ -145,13 +146,6 @@ def _check_interval(name, value, low=0.0, high=math.inf, closed_low=False):
     return tuple(float(v) for v in value)
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. Received: {name}={value}"
-        )
-
-
 def _check_channels(x):
     if x.shape.rank != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(
@@ -160,8 +154,45 @@ def _check_channels(x):
         )
 
 
-class _RandomLayer(keras.layers.Layer):
-    """Base of the random ops: a seed generator and float32 computation.
+class SeededLayer(keras.layers.Layer):
+    """A layer drawing from its own `keras.random.SeedGenerator`, whose state it saves.
+
+    Keras' `.keras` format saves a layer's weights, not the state of its
+    seed generators; this layer saves the state next to its weights
+    (`seed_state`), so a resumed run continues the same random stream. The
+    augmentation ops here and `kcl.heads.QuantisationHead` derive from it.
+
+    Args:
+        seed: integer seed of the generator, or `None`. Defaults to `None`.
+        **kwargs: forwarded to `keras.layers.Layer`.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["seed_state"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        # Keras' H5 stores have `keys()` and `[]` but no iteration.
+        weights = [k for k in list(store.keys()) if k != "seed_state"]
+        super().load_own_variables({k: store[k] for k in weights})
+        if "seed_state" in store:
+            self.seed_generator.state.assign(store["seed_state"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"seed": self.seed})
+        return config
+
+
+class _RandomLayer(SeededLayer):
+    """Base of the random ops: a saved seed generator and float32 computation.
 
     `autocast` is off so that a mixed-precision policy never turns images
     into float16; every op computes in float32.
@@ -169,13 +200,7 @@ class _RandomLayer(keras.layers.Layer):
 
     def __init__(self, seed=None, **kwargs):
         kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Argument `seed` must be an integer or None. Received: seed={seed}"
-            )
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(seed=seed, **kwargs)
 
     def _uniforms(self, x, num):
         return _per_image_uniforms(self.seed_generator, _batch_size(x), num)
@@ -187,22 +212,6 @@ class _RandomLayer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    # Keras' `.keras` format saves a layer's own weights, not the state of
-    # its seed generators; saving it too lets a resumed run continue the
-    # same augmentation stream.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store["seed_state"] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        if "seed_state" in store:
-            self.seed_generator.state.assign(store["seed_state"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"seed": self.seed})
-        return config
 
 
 # --------------------------------------------------------------------------
@@ -274,8 +283,8 @@ class RandomResizedCrop(_RandomLayer):
         **kwargs,
     ):
         super().__init__(seed=seed, **kwargs)
-        _check_positive_int("height", height)
-        _check_positive_int("width", width)
+        height = check_positive_int("height", height)
+        width = check_positive_int("width", width)
         self.height = height
         self.width = width
         self.scale = _check_interval("scale", scale, 0.0, 1.0)
@@ -842,7 +851,7 @@ def _seeds(seed):
 
 
 def _check_size(size):
-    _check_positive_int("size", size)
+    size = check_positive_int("size", size)
 
 
 def _color_ops(jitter, gray_p, seeds, jitter_p=0.8):
@@ -1054,8 +1063,8 @@ def multicrop_views(
         - [Cao et al., 2020 (PIC)](https://arxiv.org/abs/2006.14618)
     """
     _check_size(size)
-    _check_positive_int("small_size", small_size)
-    _check_positive_int("num_large", num_large)
+    small_size = check_positive_int("small_size", small_size)
+    num_large = check_positive_int("num_large", num_large)
     if isinstance(num_small, bool) or not isinstance(num_small, int) or num_small < 0:
         raise ValueError(
             "Argument `num_small` must be a non-negative integer. "

@@ -218,7 +218,7 @@ def benchmark(
     import tensorflow as tf
 
     import kcl
-    from kcl.methods.base import check_positive_int
+    from kcl.checks import check_positive_int
 
     _check("precision", precision, tuple(PRECISIONS))
     _check("augment", augment, AUGMENT)

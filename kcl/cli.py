@@ -894,10 +894,16 @@ def cmd_pretrain(args):
     size, channels = x_train.shape[1], x_train.shape[-1]
     parameters = inspect.signature(method_cls).parameters
     scheduler, epochs = None, args.epochs
+    if method_cls is not kcl.methods.PIC and (args.window is not None or args.stride is not None):
+        raise ValueError(
+            f"--window and --stride set PIC's sliding-window scheduler, which "
+            f"{method_cls.__name__} does not use. Received: --method={args.method}"
+        )
     if "num_instances" in parameters:
-        # Instance classification (PIC): batches carry each image's index,
-        # in the order of the sliding-window scheduler; its epochs are
-        # rescaled to show as many images as --epochs plain epochs.
+        # Instance classification (PIC) and memory banks (Contrastive):
+        # batches carry each image's index, in the order of the sliding-window
+        # scheduler (the whole set per window unless PIC's --window is set);
+        # its epochs are rescaled to show as many images as --epochs plain epochs.
         window = args.window or len(x_train)
         try:
             scheduler = kcl.data.SlidingWindowScheduler(
@@ -912,12 +918,6 @@ def cmd_pretrain(args):
                 f"Received: --window={window}, --batch-size={args.batch_size}"
             )
         steps_per_epoch = scheduler.steps_per_epoch(args.batch_size)
-    elif args.window is not None or args.stride is not None:
-        raise ValueError(
-            f"--window and --stride set PIC's sliding-window scheduler; "
-            f"{method_cls.__name__} does not classify instances. "
-            f"Received: --method={args.method}"
-        )
 
     settings = _step_settings(args)
     # The dtype policy is read when layers are made: set for the encoder

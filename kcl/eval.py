@@ -24,7 +24,7 @@ import os
 import keras
 import numpy as np
 
-from kcl.methods.base import check_positive_int
+from kcl.checks import check_number, check_positive_int
 
 
 def embed(encoder, images, batch_size=512):
@@ -364,20 +364,6 @@ CENTRE_CROP = 0.875
 _SUBSET_FORMAT = "kcl.label_subset"
 
 
-def _check_number(name, value, low, low_closed=True):
-    """`value` as a float, or a `ValueError` unless it is a finite number `>= low` (`> low`)."""
-    ok = (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value >= low if low_closed else value > low)
-    )
-    if not ok:
-        bound = f">= {low}" if low_closed else f"> {low}"
-        raise ValueError(f"`{name}` must be a finite number {bound}. Received: {name}={value!r}")
-    return float(value)
-
-
 def _check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer. Received: seed={seed!r}")
@@ -424,7 +410,7 @@ def _check_protocol_args(train, test, encoder, batch_size, seed, epochs, learnin
     if epochs is not None:
         epochs = check_positive_int("epochs", epochs)
     if learning_rate is not None:
-        learning_rate = _check_number("learning_rate", learning_rate, 0.0, low_closed=False)
+        learning_rate = check_number("learning_rate", learning_rate, 0.0, low_open=True)
     return train, test, batch_size, seed, epochs, learning_rate
 
 
@@ -774,11 +760,11 @@ def linear_eval(
     (train_images, train_labels), (test_images, test_labels), batch_size, seed, epochs, learning_rate = (
         _check_protocol_args(train, test, encoder, batch_size, seed, epochs, learning_rate)
     )
-    weight_decay = _check_number(
+    weight_decay = check_number(
         "weight_decay", _DEFAULT_L2[protocol] if weight_decay is None else weight_decay, 0.0
     )
     max_iterations = check_positive_int("max_iterations", max_iterations)
-    tolerance = _check_number("tolerance", tolerance, 0.0)
+    tolerance = check_number("tolerance", tolerance, 0.0)
     num_classes = int(max(train_labels.max(), test_labels.max()) + 1)
     result = {
         "protocol": protocol,
@@ -851,7 +837,7 @@ def label_subset(labels, fraction, seed=0):
     >>> x_labelled, y_labelled = x_train[indices], y_train[indices]
     """
     labels = _check_labels("labels", labels)
-    fraction = _check_number("fraction", fraction, 0.0, low_closed=False)
+    fraction = check_number("fraction", fraction, 0.0, low_open=True)
     if fraction > 1:
         raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction!r}")
     rng = np.random.default_rng(_check_seed(seed))
@@ -1060,7 +1046,7 @@ def fine_tune(
         indices = _check_indices("subset", subset, len(train_labels))
         label_fraction = len(indices) / len(train_labels)
     else:
-        label_fraction = _check_number("label_fraction", label_fraction, 0.0, low_closed=False)
+        label_fraction = check_number("label_fraction", label_fraction, 0.0, low_open=True)
         if label_fraction > 1:
             raise ValueError(
                 f"`label_fraction` must be in (0, 1]. Received: label_fraction={label_fraction!r}"

@@ -11,13 +11,12 @@ the targets) and the `ContextualisationHead` (CPC's GRU, or a Transformer
 block) that summarises local features into a context.
 """
 
-import math
-import numbers
 
 import keras
 import tensorflow as tf
 
 from kcl import augment, layers
+from kcl.checks import check_number, check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -242,16 +241,8 @@ class Prototypes(keras.layers.Layer):
 # Quantisation (wav2vec 2.0) and contextualisation (CPC, wav2vec 2.0) heads.
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
 @keras.saving.register_keras_serializable(package="kcl")
-class QuantisationHead(keras.layers.Layer):
+class QuantisationHead(augment.SeededLayer):
     """Product quantisation by straight-through Gumbel-softmax (wav2vec 2.0).
 
     The quantisation module of wav2vec 2.0 (arXiv 2006.11477, sections 2
@@ -316,30 +307,14 @@ class QuantisationHead(keras.layers.Layer):
         **kwargs,
     ):
         kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.num_codebooks = _check_positive_int("num_codebooks", num_codebooks)
-        self.codebook_size = _check_positive_int("codebook_size", codebook_size)
-        self.output_dim = _check_positive_int("output_dim", output_dim)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or not math.isfinite(temperature)
-            or not temperature > 0
-        ):
-            raise ValueError(
-                "Argument `temperature` must be a positive finite number. "
-                f"Received: temperature={temperature!r}"
-            )
-        self.temperature = float(temperature)
+        super().__init__(seed=seed, **kwargs)
+        self.num_codebooks = check_positive_int("num_codebooks", num_codebooks)
+        self.codebook_size = check_positive_int("codebook_size", codebook_size)
+        self.output_dim = check_positive_int("output_dim", output_dim)
+        self.temperature = check_number("temperature", temperature, 0, low_open=True)
         if entry_dim is None:
             entry_dim = max(1, self.output_dim // self.num_codebooks)
-        self.entry_dim = _check_positive_int("entry_dim", entry_dim)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Argument `seed` must be an integer or None. Received: seed={seed!r}"
-            )
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.entry_dim = check_positive_int("entry_dim", entry_dim)
         self.logits = keras.layers.Dense(
             self.num_codebooks * self.codebook_size,
             kernel_initializer=keras.initializers.RandomNormal(stddev=1.0),
@@ -422,20 +397,6 @@ class QuantisationHead(keras.layers.Layer):
         # Float32 whatever the policy (Keras would report the compute dtype).
         return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
 
-    # As `kcl.augment`'s random ops: Keras does not save seed states, so the
-    # layer saves its own next to its weights, and a resumed run continues
-    # the same noise stream.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store["seed_state"] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        # Keras' H5 stores have `keys()` and `[]` but no iteration.
-        weights = [k for k in list(store.keys()) if k != "seed_state"]
-        super().load_own_variables({k: store[k] for k in weights})
-        if "seed_state" in store:
-            self.seed_generator.state.assign(store["seed_state"])
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -444,7 +405,6 @@ class QuantisationHead(keras.layers.Layer):
             output_dim=self.output_dim,
             temperature=self.temperature,
             entry_dim=self.entry_dim,
-            seed=self.seed,
         )
         return config
 
@@ -495,14 +455,14 @@ class ContextualisationHead(keras.layers.Layer):
 
     def __init__(self, units=256, mode="gru", num_heads=4, **kwargs):
         super().__init__(**kwargs)
-        self.units = _check_positive_int("units", units)
+        self.units = check_positive_int("units", units)
         if mode not in self.MODES:
             raise ValueError(
                 "Argument `mode` must be one of 'gru', 'attention'. "
                 f"Received: mode={mode!r}"
             )
         self.mode = mode
-        self.num_heads = _check_positive_int("num_heads", num_heads)
+        self.num_heads = check_positive_int("num_heads", num_heads)
         if mode == "attention" and self.units % self.num_heads:
             raise ValueError(
                 "Argument `num_heads` must divide `units` in attention mode. "

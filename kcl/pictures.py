@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from kcl import backbones
+from kcl.checks import check_positive_int
 from kcl.eval import _check_images
 from kcl.robustness import _pyplot
 
@@ -49,11 +50,6 @@ def _check_features(features, name="features"):
     if not np.isfinite(array).all():
         raise ValueError(f"`{name}` contain NaN or Inf. Received: {name} with non-finite values")
     return array
-
-
-def _check_positive_int(value, name):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
 def pca(features, dims=2):
@@ -203,7 +199,7 @@ def tsne(
             f"`perplexity` must be positive and below the number of points ({n}). "
             f"Received: perplexity={perplexity}"
         )
-    _check_positive_int(iterations, "iterations")
+    iterations = check_positive_int("iterations", iterations)
     if pca_dims is not None:
         if not isinstance(pca_dims, (int, np.integer)) or pca_dims < 1:
             raise ValueError(
@@ -595,7 +591,7 @@ def retrieval_grid(
                     f"One label per {name} image is needed. Received: "
                     f"{name}_images.shape={images.shape}, {name}_labels.shape={labels.shape}"
                 )
-    _check_positive_int(num_queries, "num_queries")
+    num_queries = check_positive_int("num_queries", num_queries)
 
     indices, similarities = nearest_neighbours(
         query_features, gallery_features, k, exclude_self=exclude_self
@@ -693,7 +689,7 @@ def saliency_maps(encoder, images, layer=None, target=None, batch_size=64):
         raise ValueError(
             f"`target` must be None or a callable features -> [N] scores. Received: target={target!r}"
         )
-    _check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int("batch_size", batch_size)
     candidates = backbones.feature_map_layers(encoder)
     if not candidates:
         raise ValueError(
@@ -924,7 +920,7 @@ def saliency_figure(
             f"One title for the image and one per set of maps ({len(maps) + 1} in all) is "
             f"needed. Received: titles={tuple(titles)}"
         )
-    _check_positive_int(num_images, "num_images")
+    num_images = check_positive_int("num_images", num_images)
 
     rows, columns = min(num_images, len(images)), len(maps) + 1
     plt = _pyplot()

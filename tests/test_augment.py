@@ -507,7 +507,7 @@ def test_op_configs_round_trip():
         (lambda: simclr_views(0), "size"),
         (lambda: simclr_views(8, strength=0), "strength"),
         (lambda: byol_views(-1), "size"),
-        (lambda: mocov2_views(8.0), "size"),
+        (lambda: mocov2_views(8.5), "size"),
         (lambda: multicrop_views(8, 4, num_small=-1), "num_small"),
         (lambda: multicrop_views(8, 4, small_scale=(0.5, 0.1)), "small_scale"),
     ],

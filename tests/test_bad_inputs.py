@@ -598,7 +598,7 @@ CLI_CASES = [
          lambda ctx: pretrain(ctx, "--batch-size", "32"), r"16 training images make no full batch.*--batch-size=32"),
     # Conflicting flags.
     Case("cli-window-without-pic", "--window", "a PIC scheduler flag for SimCLR",
-         lambda ctx: pretrain(ctx, "--window", "8"), r"SimCLR does not classify instances"),
+         lambda ctx: pretrain(ctx, "--window", "8"), r"which SimCLR does not use"),
     Case("cli-window-larger-than-data", "--window", "a window larger than the dataset",
          lambda ctx: pretrain(ctx, "--method", "pic", "--window", "1000"), r"--window/--stride:.*window=1000"),
     Case("cli-window-smaller-than-batch", "--window", "a window of 4 for a batch of 8",

@@ -29,7 +29,8 @@ def test_write_report_lists_exactly_what_it_wrote_and_notes_what_it_skipped(tmp_
     for name in summary["figures"]:
         assert os.path.getsize(os.path.join(folder, name)) > 1000
     assert summary["saliency"] is None and "no layer with a 4-d output" in summary["notes"][0]
-    markdown = open(os.path.join(folder, "report.md")).read()
+    with open(os.path.join(folder, "report.md")) as f:
+        markdown = f.read()
     assert "![t-SNE" in markdown and "(tsne.png)" in markdown and "| encoder | 50.00 | 75.00 |" in markdown
     assert ".keras file" in markdown
     with open(os.path.join(folder, "report.json")) as f:

@@ -28,7 +28,6 @@ float32 in [0, 1].
 import copy
 import difflib
 import inspect
-import math
 import numbers
 
 import keras
@@ -36,23 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcl import distribute
-
-
-def _is_positive_int(value):
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 1
-        and int(value) == value
-    )
-
-
-def check_positive_int(name, value):
-    """`value` as an int, or a `ValueError` naming `name` unless it is a positive integer."""
-    if not _is_positive_int(value):
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
+from kcl.checks import is_positive_int
 
 
 def check_widths(name, dims):
@@ -61,7 +44,7 @@ def check_widths(name, dims):
         ok = False
     else:
         dims = tuple(dims)
-        ok = all(_is_positive_int(d) for d in dims)
+        ok = all(is_positive_int(d) for d in dims)
     if not ok:
         raise ValueError(
             f"`{name}` must be a sequence of positive integers. Received: {name}={dims!r}"
@@ -612,7 +595,9 @@ class ContrastiveModel(keras.Model):
         )
         return config
 
-    # Constructor arguments that are Keras objects, serialised by get_config.
+    # Constructor arguments that may be Keras objects, serialised by
+    # get_config; a value that is not a serialised object (None, a name)
+    # passes through as it is.
     nested_objects = ("encoder", "augmenter", "weak_negatives")
 
     @classmethod
@@ -620,7 +605,7 @@ class ContrastiveModel(keras.Model):
         # Keras' deserialisation consumes nested dicts; work on a copy.
         config = copy.deepcopy(config)
         for name in cls.nested_objects:
-            if config.get(name) is not None:
+            if isinstance(config.get(name), dict):
                 config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
 

@@ -21,20 +21,17 @@ instance discrimination (Wu et al. 2018) is
 first two against the named classes step for step.
 """
 
-import copy
 import difflib
-import math
-import numbers
 
 import keras
 import tensorflow as tf
 
 from kcl import backbones, distribute, heads, losses, queues
+from kcl.checks import check_number, check_positive_int
 from kcl.methods.base import (
     ContrastiveModel,
     check_fit_index,
     check_index_values,
-    check_positive_int,
     check_widths,
 )
 
@@ -62,15 +59,6 @@ def _choice(name, value, options):
     raise ValueError(
         f"`{name}` must be one of {', '.join(map(repr, options))}.{hint} Received: {name}={value!r}"
     )
-
-
-def _check_real(name, value, low, high=None, low_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"`{name}` must be a number {bound}. Received: {name}={value!r}")
-    return float(value)
 
 
 def _teacher(key_encoder):
@@ -272,9 +260,9 @@ class Contrastive(ContrastiveModel):
         self.projection_hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
         self.projection_dim = check_positive_int("projection_dim", projection_dim)
         self.projection_batch_norm = bool(projection_batch_norm)
-        self.temperature = _check_real("temperature", temperature, 0, low_open=True)
-        self.margin = _check_real("margin", margin, 0)
-        self.momentum = _check_real("momentum", momentum, 0, 1)
+        self.temperature = check_number("temperature", temperature, 0, low_open=True)
+        self.margin = check_number("margin", margin, 0)
+        self.momentum = check_number("momentum", momentum, 0, 1)
         self.queue_size = check_positive_int("queue_size", queue_size)
         uses_bank = self.key_kind == "memory_bank"
         if uses_bank and num_instances is None:
@@ -284,11 +272,11 @@ class Contrastive(ContrastiveModel):
             )
         self.num_instances = None if num_instances is None else check_positive_int("num_instances", num_instances)
         self.num_negatives = check_positive_int("num_negatives", num_negatives)
-        self.bank_momentum = _check_real("bank_momentum", bank_momentum, 0, 1)
+        self.bank_momentum = check_number("bank_momentum", bank_momentum, 0, 1)
         self.num_codebooks = check_positive_int("num_codebooks", num_codebooks)
         self.codebook_size = check_positive_int("codebook_size", codebook_size)
-        self.gumbel_temperature = _check_real("gumbel_temperature", gumbel_temperature, 0, low_open=True)
-        self.diversity_weight = _check_real("diversity_weight", diversity_weight, 0)
+        self.gumbel_temperature = check_number("gumbel_temperature", gumbel_temperature, 0, low_open=True)
+        self.diversity_weight = check_number("diversity_weight", diversity_weight, 0)
         self.context_units = check_positive_int("context_units", context_units)
         self.context_mode = _choice("context_mode", context_mode, ("gru", "attention"))
         self.synchronized_bn = bool(synchronized_bn)
@@ -570,6 +558,10 @@ class Contrastive(ContrastiveModel):
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     # ------------------------------------------------------------- config
+    # A teacher key encoder (a keras.Model) is serialised; the kinds and
+    # preset names are strings.
+    nested_objects = (*ContrastiveModel.nested_objects, "key_encoder")
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -600,10 +592,3 @@ class Contrastive(ContrastiveModel):
             seed=self.seed,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = copy.deepcopy(config)  # Keras' deserialisation consumes nested dicts
-        if isinstance(config.get("key_encoder"), dict):
-            config["key_encoder"] = keras.saving.deserialize_keras_object(config["key_encoder"])
-        return super().from_config(config)

@@ -7,11 +7,11 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses
+from kcl.checks import check_positive_int
 from kcl.heads import PredictionHead, ProjectionHead
 from kcl.methods.base import (
     ContrastiveModel,
     check_augment_overrides,
-    check_positive_int,
     check_widths,
 )
 from kcl.queues import FeatureQueue

@@ -7,13 +7,13 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, optimizers
+from kcl.checks import check_positive_int
 from kcl.heads import ProjectionHead
 from kcl.methods.base import (
     ContrastiveModel,
     check_augment_overrides,
     check_fit_index,
     check_index_values,
-    check_positive_int,
     check_widths,
 )
 

@@ -6,11 +6,11 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses
+from kcl.checks import check_positive_int
 from kcl.heads import ProjectionHead, Prototypes
 from kcl.methods.base import (
     ContrastiveModel,
     check_augment_overrides,
-    check_positive_int,
     check_widths,
 )
 from kcl.queues import FeatureQueue
