@@ -27,6 +27,21 @@ def run_child(script, *arguments):
     return result
 
 
+def machine():
+    """The CPU as `/proc/cpuinfo` names it, with family and model: VMs sold
+    under one name ("AMD EPYC") differ by generation, and the ratios with them."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name", "unknown CPU")
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), {os.cpu_count()} CPUs"
+
+
 def load_average():
     return f"{os.getloadavg()[0]:.2f}"
 

@@ -403,10 +403,16 @@ def build(method, channels, width, num_instances=None):
     return METHODS[method](channels, width)
 
 
-def train_step(step, optimizer, views, index=None):
-    """One training step; returns the loss (detached)."""
+def train_step(step, optimizer, views, index=None, autocast=None):
+    """One training step; returns the loss (detached).
+
+    `autocast`: a dtype (`torch.bfloat16`) runs the forward pass under
+    `torch.autocast("cpu", dtype)`, PyTorch's mixed precision: weights stay
+    float32, matmuls and convolutions compute in the dtype.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss = step.loss(views, index)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        loss = step.loss(views, index)
     loss.backward()
     if hasattr(step, "before_optimizer"):
         step.before_optimizer()

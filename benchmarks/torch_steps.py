@@ -30,6 +30,11 @@ before and after should be near 0)::
         --image-size 28 --channels 1 --steps 10 --warmup 3 --threads 2 \
         --repeats 2 --json torch_steps.json --markdown
 
+The same in mixed precision on both sides (kcl's `mixed_bfloat16` policy,
+PyTorch's `torch.autocast("cpu", torch.bfloat16)`): add `--precision
+bfloat16`. At width 1 on 32 x 32 RGB: `--width 1 --image-size 32
+--channels 3`.
+
 That both sides compute the same step (kcl's initial weights, queues,
 prototypes and instance weights copied into the torch model; three steps
 on one batch, first-step losses must agree within 1e-4)::
@@ -47,7 +52,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_average, peak_rss_mib, run_child, timed_fit  # noqa: E402
+from common import load_average, machine, peak_rss_mib, run_child, timed_fit  # noqa: E402
 
 METHODS = ("simclr", "mocov2", "byol", "simsiam", "nnclr", "swav", "pic")
 LEARNING_RATE = 0.01
@@ -91,6 +96,9 @@ def build_kcl(args):
     import kcl
 
     keras.utils.set_random_seed(0)
+    # Mixed precision as `kcl pretrain --precision bfloat16`: the policy is
+    # read when the layers are made.
+    keras.config.set_dtype_policy("mixed_bfloat16" if args.precision == "bfloat16" else "float32")
     encoder = kcl.backbones.get(
         "resnet18_cifar", input_shape=(None, None, args.channels), width=args.width
     )
@@ -150,10 +158,13 @@ def run_torch(args):
 
     step, optimizer = build_torch(args)
     views, index = torch_batch(args, make_views(args.method, args.batch_size, args.image_size, args.channels))
+    import torch
+
+    autocast = torch.bfloat16 if args.precision == "bfloat16" else None
     times = []
     for _ in range(args.warmup + args.steps):
         begin = time.perf_counter()
-        torch_reference.train_step(step, optimizer, views, index)
+        torch_reference.train_step(step, optimizer, views, index, autocast=autocast)
         times.append(time.perf_counter() - begin)
     return _result(args, "torch", times[args.warmup :], times[0])
 
@@ -164,6 +175,7 @@ def _result(args, framework, times, first):
         "method": args.method,
         "framework": framework,
         "jit_compile": bool(args.jit) if framework == "kcl" else None,
+        "precision": args.precision,
         "images_per_s": round(args.batch_size / seconds, 1),
         "ms_per_step": round(1000 * seconds, 1),
         "ms_median": round(1000 * statistics.median(times), 1),
@@ -298,7 +310,7 @@ def _child_arguments(args, method, framework):
     arguments = [
         "--child", framework, "--methods", method, "--batch-size", args.batch_size,
         "--width", args.width, "--image-size", args.image_size, "--channels", args.channels,
-        "--steps", args.steps, "--warmup", args.warmup,
+        "--steps", args.steps, "--warmup", args.warmup, "--precision", args.precision,
     ]
     if args.threads:
         arguments += ["--threads", args.threads]
@@ -344,6 +356,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads of both (default: each its own)")
     parser.add_argument("--jit", action="store_true", help="kcl with jit_compile=True")
+    parser.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default="float32",
+        help="bfloat16: kcl's mixed_bfloat16 policy, torch's autocast to bfloat16 (not with --check)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per (method, framework), interleaved; the median is shown")
     parser.add_argument("--json", help="write every run here")
     parser.add_argument("--markdown", action="store_true")
@@ -358,6 +374,8 @@ def main(argv=None):
         parser.error(f"--methods takes {', '.join(METHODS)}. Received: --methods={','.join(unknown)}")
 
     if args.check:
+        if args.precision != "float32":
+            parser.error("--check compares float32 steps. Received: --precision=" + args.precision)
         if args.batch_size == 256:  # a small problem unless asked otherwise
             args.batch_size = 16
         return run_check(args)
@@ -367,6 +385,7 @@ def main(argv=None):
         return 0
 
     frameworks = [f.strip() for f in args.frameworks.split(",")]
+    print(f"machine: {machine()}", flush=True)
     print(f"load average before: {load_average()}", flush=True)
     runs = []
     for method in args.methods:
@@ -380,7 +399,7 @@ def main(argv=None):
     ]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"runs": runs, "results": results, "argv": sys.argv[1:]}, f, indent=1)
+            json.dump({"runs": runs, "results": results, "argv": sys.argv[1:], "machine": machine()}, f, indent=1)
     if args.markdown:
         print(markdown(args, results))
     return 0

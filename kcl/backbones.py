@@ -12,11 +12,12 @@ Two properties make converted PyTorch checkpoints give the same numbers:
   Keras weight corresponds to one `state_dict` entry, and the layer names
   spell the torchvision key with `_` for `.` (`layer1.0.downsample.0` is the
   Keras layer `layer1_0_downsample_0`); `torchvision_names` gives the map.
-- Padding is PyTorch's: symmetric zero padding in a `ZeroPadding2D` layer
-  before every `padding="valid"` conv or pool that torchvision pads. Keras'
-  `padding="same"` with stride 2 puts the extra row and column at the bottom
-  and right only, which shifts every strided feature map by half a pixel
-  relative to PyTorch.
+- Padding is PyTorch's: symmetric zero padding of `kernel_size // 2`.
+  Stride-1 convs use Keras' `padding="same"`, which is exactly that for odd
+  kernels. Strided convs and the max-pool get a `ZeroPadding2D` layer and
+  `padding="valid"`, because Keras' `"same"` with stride 2 puts the extra
+  row and column at the bottom and right only, which would shift every
+  strided feature map by half a pixel relative to PyTorch.
 
 `get("resnet18_cifar", width=0.25)` builds a registered backbone by name;
 `names()` lists the registered names.
@@ -372,16 +373,20 @@ def _bn_factory(synchronized):
 
 
 def _conv(x, filters, kernel_size, stride, name):
-    # PyTorch pads `kernel_size // 2` on every side; done here explicitly
-    # because Keras' "same" pads asymmetrically when the stride is 2.
+    # PyTorch pads `kernel_size // 2` on every side. For an odd kernel at
+    # stride 1 Keras' "same" is exactly that, and the conv kernel pads
+    # internally: no Pad op forward and no Slice backward, 6% of a
+    # ResNet-18/4 step on CPU (docs/benchmarks.md). At stride 2 "same" pads
+    # bottom and right only, so there the padding is an explicit layer.
     pad = kernel_size // 2
-    if pad:
+    padding = "same" if stride == 1 and kernel_size % 2 == 1 else "valid"
+    if pad and padding == "valid":
         x = L.ZeroPadding2D(pad, name=f"{name}_pad")(x)
     return L.Conv2D(
         filters,
         kernel_size,
         strides=stride,
-        padding="valid",
+        padding=padding,
         use_bias=False,
         kernel_initializer=_CONV_INIT,
         name=name,

@@ -202,7 +202,16 @@ def test_layers_use_pytorch_conventions():
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert len(convs) == len(bns) == 20
-    assert all(not c.use_bias and c.padding == "valid" for c in convs)
+    assert not any(c.use_bias for c in convs)
+    # Symmetric padding of k // 2, PyTorch's: "same" at stride 1 is exactly
+    # that for odd kernels; strided convs pad in a layer of their own.
+    for c in convs:
+        if c.strides == (1, 1):
+            assert c.padding == "same" and c.kernel_size[0] % 2 == 1, c.name
+        else:
+            assert c.padding == "valid", c.name
+            if c.kernel_size[0] > 1:
+                assert model.get_layer(f"{c.name}_pad").padding == ((1, 1), (1, 1)), c.name
     assert all(b.epsilon == 1e-5 and b.momentum == 0.9 and not b.synchronized for b in bns)
     assert model.layers[1].name == "normalize"
 
