@@ -89,3 +89,23 @@ def test_fused_path_in_half_precision_computes_in_float32_and_returns_half(dtype
         expected_loss = tf.reduce_sum(expected * tf.cast(upstream, "float32"))
     np.testing.assert_allclose(tf.cast(y, "float32"), expected, atol=0.05)
     np.testing.assert_allclose(tf.cast(grad, "float32"), tape.gradient(expected_loss, reference), atol=0.05)
+
+
+def test_fused_path_in_bfloat16_casts_no_activation():
+    # The casts to float32 and back were 12% of a mixed-bfloat16 step
+    # (docs/benchmarks.md); only per-channel vectors may be cast.
+    bn = layers.BatchNormalization(dtype="mixed_bfloat16")
+    x = tf.zeros([8, 5, 5, 4], "bfloat16")
+    bn(x, training=True)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = bn(x, training=True)
+        return tape.gradient(tf.reduce_sum(y), x)
+
+    graph = step.get_concrete_function(x).graph
+    casts = [op for op in graph.get_operations() if op.type == "Cast"]
+    assert any(op.type == "FusedBatchNormV3" for op in graph.get_operations())
+    assert not [op.name for op in casts if op.outputs[0].shape.rank == 4], casts
