@@ -42,6 +42,13 @@ def machine():
     return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), {os.cpu_count()} CPUs"
 
 
+def require_positive(parser, args, *names):
+    """`parser.error` unless every integer option in `names` (`args` attributes) is at least 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer. Received: {getattr(args, name)}")
+
+
 def load_average():
     return f"{os.getloadavg()[0]:.2f}"
 

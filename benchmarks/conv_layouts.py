@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import run_child  # noqa: E402
+from common import require_positive, run_child  # noqa: E402
 
 RUNS = (("tf", "NHWC"), ("tf", "NCHW"), ("torch", "NCHW"), ("torch", "NHWC"))
 
@@ -103,9 +103,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "image_size", "threads", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer. Received: {getattr(args, name)}")
+    require_positive(parser, args, "batch_size", "image_size", "threads", "repeats")
     if args.child:
         framework, layout = args.child.split(":")
         ms = time_tf(args, layout) if framework == "tf" else time_torch(args, layout)

@@ -29,11 +29,10 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_steps  # noqa: E402
-from common import run_child, timed_fit  # noqa: E402
+from common import require_positive, run_child, timed_fit  # noqa: E402
 
 # (kind, substrings of a TensorFlow op type or an aten op name), first match wins.
 KINDS = (
@@ -75,9 +74,7 @@ def tf_op_times(logdir):
 def profile_kcl(args):
     import tensorflow as tf
 
-    model = torch_steps.build_kcl(args)
-    views = torch_steps.make_views(args.method, args.batch_size, args.image_size, args.channels)
-    dataset = tf.data.Dataset.from_tensors(torch_steps.kcl_batch(args, views)).repeat()
+    model, dataset = torch_steps.kcl_step(args)
     plain = timed_fit(model, dataset, args.warmup + args.steps)[args.warmup :]
     logdir = tempfile.mkdtemp(prefix="kcl_profile_")
     tf.profiler.experimental.start(logdir)
@@ -88,21 +85,8 @@ def profile_kcl(args):
 
 def profile_torch(args):
     import torch
-    import torch_reference
 
-    step, optimizer = torch_steps.build_torch(args)
-    views = torch_steps.make_views(args.method, args.batch_size, args.image_size, args.channels)
-    views, index = torch_steps.torch_batch(args, views)
-    autocast = torch.bfloat16 if args.precision == "bfloat16" else None
-
-    def run(n):
-        times = []
-        for _ in range(n):
-            begin = time.perf_counter()
-            torch_reference.train_step(step, optimizer, views, index, autocast=autocast)
-            times.append(time.perf_counter() - begin)
-        return times
-
+    run = torch_steps.torch_step(args)
     plain = run(args.warmup + args.steps)[args.warmup :]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         profiled = run(args.steps)
@@ -169,9 +153,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write both results here")
     parser.add_argument("--child", choices=("kcl", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "steps", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer. Received: {getattr(args, name)}")
+    require_positive(parser, args, "batch_size", "steps", "threads")
     args.jit = False  # torch_steps.build_kcl reads it; XLA is slower on this CPU
     if args.child:
         result = profile_kcl(args) if args.child == "kcl" else profile_torch(args)

@@ -119,12 +119,17 @@ def kcl_batch(args, views):
     return batch
 
 
-def run_kcl(args):
+def kcl_step(args):
+    """kcl's step of `args.method` on one fixed batch: `(model, dataset)` for `timed_fit`."""
     import tensorflow as tf
 
     model = build_kcl(args)
     views = make_views(args.method, args.batch_size, args.image_size, args.channels)
-    dataset = tf.data.Dataset.from_tensors(kcl_batch(args, views)).repeat()
+    return model, tf.data.Dataset.from_tensors(kcl_batch(args, views)).repeat()
+
+
+def run_kcl(args):
+    model, dataset = kcl_step(args)
     times = timed_fit(model, dataset, args.warmup + args.steps)
     return _result(args, "kcl", list(times[args.warmup :]), float(times[0]))
 
@@ -153,19 +158,28 @@ def torch_batch(args, views):
     return tensors, torch.arange(args.batch_size)
 
 
-def run_torch(args):
+def torch_step(args):
+    """torch's step of `args.method` on one fixed batch: `run(n)` takes n steps, returns their seconds."""
+    import torch
     import torch_reference
 
     step, optimizer = build_torch(args)
     views, index = torch_batch(args, make_views(args.method, args.batch_size, args.image_size, args.channels))
-    import torch
-
     autocast = torch.bfloat16 if args.precision == "bfloat16" else None
-    times = []
-    for _ in range(args.warmup + args.steps):
-        begin = time.perf_counter()
-        torch_reference.train_step(step, optimizer, views, index, autocast=autocast)
-        times.append(time.perf_counter() - begin)
+
+    def run(n):
+        times = []
+        for _ in range(n):
+            begin = time.perf_counter()
+            torch_reference.train_step(step, optimizer, views, index, autocast=autocast)
+            times.append(time.perf_counter() - begin)
+        return times
+
+    return run
+
+
+def run_torch(args):
+    times = torch_step(args)(args.warmup + args.steps)
     return _result(args, "torch", times[args.warmup :], times[0])
 
 
@@ -385,7 +399,8 @@ def main(argv=None):
         return 0
 
     frameworks = [f.strip() for f in args.frameworks.split(",")]
-    print(f"machine: {machine()}", flush=True)
+    cpu = machine()
+    print(f"machine: {cpu}", flush=True)
     print(f"load average before: {load_average()}", flush=True)
     runs = []
     for method in args.methods:
@@ -399,7 +414,7 @@ def main(argv=None):
     ]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"runs": runs, "results": results, "argv": sys.argv[1:], "machine": machine()}, f, indent=1)
+            json.dump({"runs": runs, "results": results, "argv": sys.argv[1:], "machine": cpu}, f, indent=1)
     if args.markdown:
         print(markdown(args, results))
     return 0
