@@ -30,6 +30,15 @@ def shapes(args):
     return [(base * 2**i, -(-args.image_size // 2**i)) for i in range(4)]
 
 
+def add_shape_arguments(parser):
+    """The options `shapes` and `mean_ms` read (shared with conv_parts.py)."""
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+
+
 def mean_ms(fn, repeats):
     for _ in range(3):
         fn()
@@ -95,11 +104,7 @@ def markdown(args, results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
+    add_shape_arguments(parser)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
