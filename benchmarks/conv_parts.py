@@ -9,7 +9,7 @@ gradient (`Conv2DBackpropFilter`, only the weight mask). TensorFlow in NHWC
 (kcl's layout), torch in NCHW (the reference step's), each in its own
 process with `--threads` threads, in `--precision`; 3 warm-up calls, then
 the mean of `--repeats` calls. Every call ends with a copy of its result to
-host memory, the same on both sides.
+a NumPy array (torch's cast to float32 first: NumPy has no bfloat16).
 
 `--alternatives` also times, in TensorFlow, two other ways to compute the
 filter gradient that kcl could use instead of oneDNN's kernel where that is
@@ -54,8 +54,11 @@ def time_tf(args):
         dy = tf.cast(tf.random.normal([n, s, s, c]), dtype)
         kernel = tf.cast(0.1 * tf.random.normal([3, 3, c, c]), dtype)
 
-        def padded_shifts(x=x, s=s):
-            p = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        def padded(x=x):
+            return tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])  # [N, H+2, W+2, C]
+
+        def padded_shifts(s=s):
+            p = padded()
             return [p[:, i : i + s, j : j + s, :] for i in range(3) for j in range(3)]
 
         calls = {
@@ -72,9 +75,9 @@ def time_tf(args):
                 tf.matmul(tf.reshape(tf.concat(shifts(), -1), [-1, 9 * c]), tf.reshape(dy, [-1, c]), transpose_a=True),
                 [3, 3, c, c],
             )
-            calls["transposed"] = lambda x=x, dy=dy: tf.transpose(
+            calls["transposed"] = lambda dy=dy: tf.transpose(
                 tf.nn.conv2d(
-                    tf.transpose(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), [3, 1, 2, 0]),  # [C, H+2, W+2, N]
+                    tf.transpose(padded(), [3, 1, 2, 0]),  # [C, H+2, W+2, N]
                     tf.transpose(dy, [1, 2, 0, 3]),  # [H, W, N, C]: the filter
                     1, "VALID",
                 ),  # [C_in, 3, 3, C_out]
