@@ -854,6 +854,13 @@ def _check_size(size):
     size = check_positive_int("size", size)
 
 
+def _check_strength(strength, most):
+    """A colour-jitter strength in `(0, most]`: the hue jitter (at most 0.5) bounds it."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= most:
+        raise ValueError(f"Argument `strength` must be in (0, {most:g}]. Received: strength={strength}")
+    return float(strength)
+
+
 def _color_ops(jitter, gray_p, seeds, jitter_p=0.8):
     return [
         ColorJitter(*jitter, p=jitter_p, seed=next(seeds)),
@@ -901,12 +908,9 @@ def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), crop_onl
         - [Chen et al., 2020 (SimCLR)](https://arxiv.org/abs/2002.05709)
     """
     _check_size(size)
-    if not isinstance(strength, (int, float)) or strength <= 0 or 0.2 * strength > 0.5:
-        raise ValueError(
-            f"Argument `strength` must be in (0, 2.5]. Received: strength={strength}"
-        )
+    crop_scale = _check_interval("crop_scale", crop_scale, 0.0, 1.0)
+    s = _check_strength(strength, 2.5)
     seeds = _seeds(seed)
-    s = strength
 
     def view():
         if crop_only:
@@ -923,7 +927,7 @@ def simclr_views(size, strength=1.0, blur=True, crop_scale=(0.08, 1.0), crop_onl
     return MultiView([view(), view()], name="simclr_views")
 
 
-def byol_views(size, crop_only=False, seed=None):
+def byol_views(size, crop_scale=(0.08, 1.0), strength=1.0, blur=True, crop_only=False, seed=None):
     """BYOL's two asymmetric views.
 
     Both views: `RandomResizedCrop(scale=(0.08, 1))`, horizontal flip, colour
@@ -934,6 +938,12 @@ def byol_views(size, crop_only=False, seed=None):
 
     Args:
         size: int, output height and width.
+        crop_scale: `(min, max)` area fraction of the random crops.
+            Defaults to `(0.08, 1.0)` (the paper's).
+        strength: float in `(0, 5]`, scales the colour jitter (`1.0` is the
+            paper's `(0.4, 0.4, 0.2, 0.1)`). Defaults to `1.0`.
+        blur: bool, whether to blur (both views' blur ops). Defaults to
+            `True`.
         crop_only: bool, keep only the random resized crop (no flip, colour,
             grayscale, blur or solarize): the augmentation ablation of NNCLR
             (section 5) and SimCLR (figure 5). Defaults to `False`.
@@ -951,17 +961,20 @@ def byol_views(size, crop_only=False, seed=None):
         - [Grill et al., 2020 (BYOL)](https://arxiv.org/abs/2006.07733)
     """
     _check_size(size)
+    crop_scale = _check_interval("crop_scale", crop_scale, 0.0, 1.0)
+    s = _check_strength(strength, 5.0)
     seeds = _seeds(seed)
 
     def view(blur_p, solarize_p):
         if crop_only:
-            return _crop_only(size, (0.08, 1.0), seeds)
+            return _crop_only(size, crop_scale, seeds)
         ops = [
-            RandomResizedCrop(size, size, scale=(0.08, 1.0), seed=next(seeds)),
+            RandomResizedCrop(size, size, scale=crop_scale, seed=next(seeds)),
             RandomFlip(seed=next(seeds)),
-            *_color_ops((0.4, 0.4, 0.2, 0.1), 0.2, seeds),
-            GaussianBlur(p=blur_p, seed=next(seeds)),
+            *_color_ops((0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s), 0.2, seeds),
         ]
+        if blur:
+            ops.append(GaussianBlur(p=blur_p, seed=next(seeds)))
         if solarize_p > 0:
             ops.append(RandomSolarize(p=solarize_p, seed=next(seeds)))
         return ViewPipeline(ops)
@@ -969,7 +982,7 @@ def byol_views(size, crop_only=False, seed=None):
     return MultiView([view(1.0, 0.0), view(0.1, 0.2)], name="byol_views")
 
 
-def mocov2_views(size, crop_only=False, seed=None):
+def mocov2_views(size, crop_scale=(0.2, 1.0), strength=1.0, blur=True, crop_only=False, seed=None):
     """MoCo v2's two views (the "aug+" of the paper).
 
     Each view, in MoCo v2's order: `RandomResizedCrop(scale=(0.2, 1))`,
@@ -979,6 +992,11 @@ def mocov2_views(size, crop_only=False, seed=None):
 
     Args:
         size: int, output height and width.
+        crop_scale: `(min, max)` area fraction of the random crops.
+            Defaults to `(0.2, 1.0)` (the paper's).
+        strength: float in `(0, 5]`, scales the colour jitter (`1.0` is the
+            paper's `(0.4, 0.4, 0.4, 0.1)`). Defaults to `1.0`.
+        blur: bool, whether to blur. Defaults to `True`.
         crop_only: bool, keep only the random resized crop (no flip, colour,
             grayscale, blur or solarize): the augmentation ablation of NNCLR
             (section 5) and SimCLR (figure 5). Defaults to `False`.
@@ -996,19 +1014,20 @@ def mocov2_views(size, crop_only=False, seed=None):
         - [Chen et al., 2020 (MoCo v2)](https://arxiv.org/abs/2003.04297)
     """
     _check_size(size)
+    crop_scale = _check_interval("crop_scale", crop_scale, 0.0, 1.0)
+    s = _check_strength(strength, 5.0)
     seeds = _seeds(seed)
 
     def view():
         if crop_only:
-            return _crop_only(size, (0.2, 1.0), seeds)
-        return ViewPipeline(
-            [
-                RandomResizedCrop(size, size, scale=(0.2, 1.0), seed=next(seeds)),
-                *_color_ops((0.4, 0.4, 0.4, 0.1), 0.2, seeds),
-                GaussianBlur(p=0.5, seed=next(seeds)),
-                RandomFlip(seed=next(seeds)),
-            ]
-        )
+            return _crop_only(size, crop_scale, seeds)
+        ops = [
+            RandomResizedCrop(size, size, scale=crop_scale, seed=next(seeds)),
+            *_color_ops((0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s), 0.2, seeds),
+        ]
+        if blur:
+            ops.append(GaussianBlur(p=0.5, seed=next(seeds)))
+        return ViewPipeline([*ops, RandomFlip(seed=next(seeds))])
 
     return MultiView([view(), view()], name="mocov2_views")
 
@@ -1021,6 +1040,7 @@ def multicrop_views(
     large_scale=(0.14, 1.0),
     small_scale=(0.05, 0.14),
     blur=True,
+    strength=1.0,
     crop_only=False,
     seed=None,
 ):
@@ -1043,6 +1063,8 @@ def multicrop_views(
         small_scale: pair, area range of the small crops. Defaults to
             `(0.05, 0.14)`.
         blur: bool, whether to blur. Defaults to `True`.
+        strength: float in `(0, 2.5]`, scales the colour jitter (`1.0` is
+            SwAV's `(0.8, 0.8, 0.8, 0.2)`). Defaults to `1.0`.
         crop_only: bool, keep only the random resized crop (no flip, colour,
             grayscale, blur or solarize): the augmentation ablation of NNCLR
             (section 5) and SimCLR (figure 5). Defaults to `False`.
@@ -1072,6 +1094,7 @@ def multicrop_views(
         )
     large_scale = _check_interval("large_scale", large_scale, 0.0, 1.0)
     small_scale = _check_interval("small_scale", small_scale, 0.0, 1.0)
+    s = _check_strength(strength, 2.5)
     seeds = _seeds(seed)
 
     def view(crop_size, scale):
@@ -1080,7 +1103,7 @@ def multicrop_views(
         ops = [
             RandomResizedCrop(crop_size, crop_size, scale=scale, seed=next(seeds)),
             RandomFlip(seed=next(seeds)),
-            *_color_ops((0.8, 0.8, 0.8, 0.2), 0.2, seeds),
+            *_color_ops((0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), 0.2, seeds),
         ]
         if blur:
             ops.append(GaussianBlur(p=0.5, seed=next(seeds)))

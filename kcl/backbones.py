@@ -86,8 +86,9 @@ def get(name, /, **kwargs):
 
     Args:
         name: string, one of `names()`.
-        **kwargs: forwarded to `ResNet` (`input_shape`, `width`, `mean`,
-            `std`, `synchronized_bn`, `zero_init_residual`, `name`). The
+        **kwargs: forwarded to `ResNet` (`input_shape`, `width`,
+            `stem_stride`, `mean`, `std`, `synchronized_bn`,
+            `zero_init_residual`, `name`). The
             architecture arguments `block`, `layers` and `stem` are fixed by
             `name`.
 
@@ -124,6 +125,7 @@ def ResNet(
     layers,
     stem="imagenet",
     width=1.0,
+    stem_stride=1,
     input_shape=(None, None, 3),
     mean=None,
     std=None,
@@ -159,6 +161,11 @@ def ResNet(
             Defaults to `"imagenet"`.
         width: float, multiplier of every conv's channel count; counts are
             rounded to the nearest int. Defaults to `1.0`.
+        stem_stride: int, 1 or 2, the stride of the CIFAR stem's conv; 2
+            halves every stage's resolution (features at 1/16: 28-px images
+            reach the last stage at 2x2) for a quarter of the compute, with
+            the same weights' shapes. Only with `stem="cifar"`. Defaults to
+            `1`.
         input_shape: tuple `(H, W, C)` with `C` 1 or 3; `H` and `W` may be
             `None`. Defaults to `(None, None, 3)`.
         mean: float or sequence of `C` floats subtracted from the input.
@@ -206,6 +213,13 @@ def ResNet(
             "`layers` must be a sequence of four positive ints (blocks per "
             f"stage). Received: layers={layers!r}"
         )
+    if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
+        raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride!r}")
+    if stem_stride != 1 and stem != "cifar":
+        raise ValueError(
+            "`stem_stride` sets the stride of the CIFAR stem; the ImageNet stem's is fixed. "
+            f"Received: stem={stem!r}, stem_stride={stem_stride!r}"
+        )
     if not isinstance(width, numbers.Real) or not width > 0:
         raise ValueError(f"`width` must be a positive number. Received: width={width!r}")
     if round(64 * width) < 1:
@@ -246,7 +260,7 @@ def ResNet(
         x = L.ZeroPadding2D(1, name="maxpool_pad")(x)
         x = L.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
     else:
-        x = _conv(x, stem_width, 3, 1, "conv1")
+        x = _conv(x, stem_width, 3, stem_stride, "conv1")
         x = bn("bn1")(x)
         x = L.ReLU(name="relu")(x)
 

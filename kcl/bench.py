@@ -34,6 +34,7 @@ Example:
 
 import inspect
 import os
+import platform
 import resource
 import time
 
@@ -57,8 +58,6 @@ def _device():
     if gpus:
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
         return "GPU:0", name
-    import platform
-
     return "CPU:0", f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
@@ -70,15 +69,44 @@ def _peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _cpu_flags():
+def _cpuinfo():
+    """The first value of each field of /proc/cpuinfo (empty where there is none)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return set()
+    return fields
+
+
+def _cpu_flags():
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def machine():
+    """This machine in one line, for the record of a measurement.
+
+    VMs sold under one CPU name ("AMD EPYC") differ by generation, and the
+    speed with them, so the family and model are named too.
+
+    Example:
+
+    >>> kcl.bench.machine()
+    'AMD EPYC (family 25, model 1), 2 CPUs, avx2, no GPU'
+    """
+    fields = _cpuinfo()
+    name = fields.get("model name", platform.machine() or "unknown CPU")
+    flags = _cpu_flags()
+    best = next((flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if flag in flags), "")
+    device, device_name = _device()
+    accelerator = device_name if device.startswith("GPU") else "no GPU"
+    return (
+        f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
+        f"{os.cpu_count()} CPUs, {best or 'no AVX2'}, {accelerator}"
+    )
 
 
 def device_settings(device=None):

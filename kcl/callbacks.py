@@ -120,6 +120,50 @@ def read(path):
     return manifest, arrays
 
 
+class TrainingClock(keras.callbacks.Callback):
+    """Wall-clock minutes spent training, logged each epoch as `train_minutes`.
+
+    The clock runs from each epoch's start to its end, so evaluation that
+    callbacks listed after it do at the epoch's end (a `KNNMonitor`, a
+    checkpoint) is not counted: list it first. Given to a `Checkpoint`, the
+    time is saved with every checkpoint and restored on resume, so the
+    minutes of a run spread over several sittings add up (the steps lost
+    to an interruption, trained again, count twice, as they cost twice).
+
+    Args:
+        seconds: seconds already trained (a resumed run). Defaults to `0.0`.
+
+    Example:
+
+    >>> clock = kcl.callbacks.TrainingClock()
+    >>> checkpoint = kcl.callbacks.Checkpoint("ckpt", clock=clock)
+    >>> model.fit(ds, epochs=10, steps_per_epoch=234,
+    ...           callbacks=[clock, kcl.eval.KNNMonitor(train, test), checkpoint])
+    >>> history.history["train_minutes"]
+    """
+
+    def __init__(self, seconds=0.0):
+        super().__init__()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise ValueError(f"`seconds` must be a non-negative number. Received: seconds={seconds!r}")
+        self.seconds = float(seconds)
+        self._started = None
+
+    def elapsed(self):
+        """Seconds trained so far, including the epoch in progress."""
+        running = 0.0 if self._started is None else time.monotonic() - self._started
+        return self.seconds + running
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = self.elapsed()
+        self._started = None
+        if logs is not None:
+            logs["train_minutes"] = self.seconds / 60
+
+
 class Checkpoint(keras.callbacks.Callback):
     """Saves and restores the whole state of a `fit` run (see the module docstring).
 
@@ -132,6 +176,8 @@ class Checkpoint(keras.callbacks.Callback):
         stop_on_nan: stop with `NonFiniteLossError` when the loss is NaN or
             Inf. Defaults to `True`.
         verbose: print a line when restoring. Defaults to `1`.
+        clock: a `TrainingClock` whose seconds are saved with each checkpoint
+            and restored with it. Defaults to `None`.
 
     Example:
 
@@ -141,8 +187,11 @@ class Checkpoint(keras.callbacks.Callback):
     'ckpt/ckpt-000002340'
     """
 
-    def __init__(self, directory, every="epoch", keep=3, stop_on_nan=True, verbose=1):
+    def __init__(self, directory, every="epoch", keep=3, stop_on_nan=True, verbose=1, clock=None):
         super().__init__()
+        if clock is not None and not isinstance(clock, TrainingClock):
+            raise ValueError(f"`clock` must be a kcl.callbacks.TrainingClock. Received: clock={clock!r}")
+        self.clock = clock
         if not isinstance(directory, (str, os.PathLike)) or not str(directory):
             raise ValueError(f"`directory` must be a path. Received: directory={directory!r}")
         if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
@@ -231,6 +280,7 @@ class Checkpoint(keras.callbacks.Callback):
             "sha256": files.digest(state),
             "variables": {group: _describe(groups[group]) for group in GROUPS},
             "model": type(self.model).__name__,
+            "train_seconds": None if self.clock is None else round(self.clock.elapsed(), 3),
             "keras": keras.__version__,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -292,6 +342,8 @@ class Checkpoint(keras.callbacks.Callback):
                 variable.assign(arrays[f"{group}/{i}"])
         self._metrics = [arrays[f"metrics/{i}"] for i in range(len(groups["metrics"]))]
         self._last_saved = (path, manifest["step"])
+        if self.clock is not None:
+            self.clock.seconds = float(manifest.get("train_seconds") or 0.0)
 
     def on_train_begin(self, logs=None):
         self._steps_per_epoch = self.params.get("steps")

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import time
 import zipfile
 
 
@@ -90,6 +89,14 @@ def build_parser():
         help="encoder from kcl.backbones.names(). Default: resnet18_cifar.",
     )
     pretrain.add_argument("--width", type=float, default=1.0, help="backbone width multiplier. Default: 1.0.")
+    pretrain.add_argument(
+        "--stem-stride",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="stride of a _cifar backbone's stem: 2 trains at half the resolution for about "
+        "a third of the step time (docs/quality.md). Default: 1.",
+    )
     _add_data_flags(pretrain)
     pretrain.add_argument("--epochs", type=int, default=5, help="training epochs. Default: 5.")
     pretrain.add_argument("--batch-size", type=int, default=256, help="global batch size. Default: 256.")
@@ -810,7 +817,11 @@ def _build_model(args, method_cls, channels, size, epochs, steps_per_epoch, num_
     # Any input size: multi-crop methods (SwAV, PIC) feed crops of several
     # sizes; the export resizes to the training size.
     encoder = kcl.backbones.get(
-        args.backbone, input_shape=(None, None, channels), width=args.width, synchronized_bn=True
+        args.backbone,
+        input_shape=(None, None, channels),
+        width=args.width,
+        synchronized_bn=True,
+        **({} if args.stem_stride == 1 else {"stem_stride": args.stem_stride}),
     )
     try:
         augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
@@ -851,6 +862,7 @@ def cmd_pretrain(args):
     import keras
 
     import kcl
+    from kcl import bench
 
     for flag, least in (
         ("epochs", 1),
@@ -868,6 +880,11 @@ def cmd_pretrain(args):
     if args.width <= 0:
         raise ValueError(f"--width must be positive. Received: --width={args.width}")
     _check_optimizer_flags(args)
+    if args.stem_stride != 1 and not args.backbone.endswith("_cifar"):
+        raise ValueError(
+            f"--stem-stride sets the stride of a _cifar backbone's stem. Received: "
+            f"--backbone={args.backbone}, --stem-stride={args.stem_stride}"
+        )
     # Names are checked before the (slow) data loading, and errors name the flag.
     try:
         method_cls = kcl.methods.get(args.method)
@@ -933,8 +950,10 @@ def cmd_pretrain(args):
     model.compile(optimizer=_optimizer(args, steps_per_epoch, epochs), jit_compile=settings["jit_compile"])
     # All of the run's state goes to --out/checkpoints; the same command
     # resumes from the newest, with the batches it would have seen next.
+    # Minutes of training alone (not the kNN monitor's), kept across resumes.
+    clock = kcl.callbacks.TrainingClock()
     checkpoint = kcl.callbacks.Checkpoint(
-        os.path.join(args.out, "checkpoints"), every=args.checkpoint_every, keep=args.keep_checkpoints
+        os.path.join(args.out, "checkpoints"), every=args.checkpoint_every, keep=args.keep_checkpoints, clock=clock
     )
     start, total = checkpoint.initial_step, epochs * steps_per_epoch
     probe_labels = None if args.no_probe else y_train
@@ -953,7 +972,7 @@ def cmd_pretrain(args):
             x_train, scheduler, args.batch_size, epochs, initial_epoch=min(start // steps_per_epoch, epochs - 1), labels=probe_labels
         ).skip(start % steps_per_epoch)
 
-    callbacks = []
+    callbacks = [clock]
     if args.knn_every:
         bank = min(args.knn_bank, len(x_train))
         callbacks.append(
@@ -972,7 +991,6 @@ def cmd_pretrain(args):
         + ("" if scheduler is None else f" ({epochs} windows of {scheduler.window_size}, stride {scheduler.stride})"),
         flush=True,
     )
-    started = time.time()
     if start < total:
         model.fit(
             dataset,
@@ -984,7 +1002,7 @@ def cmd_pretrain(args):
     else:
         print(f"kcl: the run in {args.out} has finished training; evaluating it again.", flush=True)
         checkpoint.restore(model)
-    train_seconds = time.time() - started
+    train_seconds = clock.elapsed()
     model.save(os.path.join(args.out, "model.keras"))
     history = _read_history(history_csv)
     # Epochs the kNN monitor skipped hold NaN, written as JSON null.
@@ -1011,6 +1029,7 @@ def cmd_pretrain(args):
         "precision": settings["precision"],
         "jit_compile": settings["jit_compile"],
         "train_seconds": round(train_seconds, 1),
+        "machine": bench.machine(),
         "knn": table,
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:

@@ -648,6 +648,7 @@ def card_recipe(name, smoke=False, smoke_set=None, smoke_augment=None, **setting
         "method": spec["method"].lower(),
         "backbone": spec["backbone"],
         "width": spec.get("backbone_args", {}).get("width", 1.0),
+        "stem_stride": spec.get("backbone_args", {}).get("stem_stride", 1),
         "set": {k: v for k, v in spec.get("method_args", {}).items() if k != "num_instances"},
         "augment": {k: v for k, v in (spec.get("augmenter") or {}).items() if k != "size"},
     }

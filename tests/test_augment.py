@@ -507,7 +507,13 @@ def test_op_configs_round_trip():
         (lambda: simclr_views(0), "size"),
         (lambda: simclr_views(8, strength=0), "strength"),
         (lambda: byol_views(-1), "size"),
+        (lambda: byol_views(8, strength=0), "strength"),
+        (lambda: byol_views(8, crop_scale=(0.5, 0.2)), "crop_scale"),
         (lambda: mocov2_views(8.5), "size"),
+        (lambda: mocov2_views(8, strength=True), "strength"),
+        (lambda: mocov2_views(8, crop_scale=(0.0, 1.0)), "crop_scale"),
+        (lambda: multicrop_views(8, 4, strength=3.0), "strength"),
+        (lambda: simclr_views(8, crop_scale=(0.2, 1.5)), "crop_scale"),
         (lambda: multicrop_views(8, 4, num_small=-1), "num_small"),
         (lambda: multicrop_views(8, 4, small_scale=(0.5, 0.1)), "small_scale"),
     ],
@@ -538,3 +544,23 @@ def test_crop_only_views_are_random_resized_crops_and_nothing_else(method):
         assert constant == expect_constant, (method, crop_only)
     pipelines = cls.default_augmenter(24, seed=0, crop_only=True).pipelines
     assert all([type(op).__name__ for op in p.ops] == ["RandomResizedCrop"] for p in pipelines)
+
+
+@pytest.mark.parametrize("make", [byol_views, mocov2_views, simclr_views, multicrop_views])
+def test_crop_scale_strength_and_blur_reach_the_ops(make):
+    # The knobs of docs/quality.md's ablations: the crops' area range, the
+    # colour jitter's strength (the paper's jitter times s) and the blur.
+    default = make(16, seed=0)
+    changed = make(16, crop_scale=(0.3, 0.9), strength=0.5, blur=False, seed=0) if make is not multicrop_views else make(
+        16, 8, large_scale=(0.3, 0.9), strength=0.5, blur=False, seed=0
+    )
+    for before, after in zip(default.pipelines[:2], changed.pipelines[:2]):
+        kinds = [type(op).__name__ for op in after.ops]
+        assert "GaussianBlur" not in kinds
+        assert kinds == [k for k in (type(op).__name__ for op in before.ops) if k != "GaussianBlur"]
+        crop = next(op for op in after.ops if isinstance(op, RandomResizedCrop))
+        assert tuple(crop.scale) == (0.3, 0.9)
+        jitter = next(op for op in after.ops if isinstance(op, ColorJitter))
+        reference = next(op for op in before.ops if isinstance(op, ColorJitter))
+        assert jitter.brightness == pytest.approx(0.5 * reference.brightness)
+        assert jitter.hue == pytest.approx(0.5 * reference.hue)

@@ -167,6 +167,23 @@ def test_output_shapes(name, width, input_shape, features, final_hw):
     assert tuple(out.shape) == (2, features)
 
 
+def test_stem_stride_two_halves_every_stage_and_keeps_the_weights_shapes():
+    full = backbones.get("resnet18_cifar", width=0.25, input_shape=(28, 28, 1))
+    half = backbones.get("resnet18_cifar", width=0.25, input_shape=(28, 28, 1), stem_stride=2)
+    assert half.get_layer("conv1").strides == (2, 2)
+    assert tuple(half.get_layer("avgpool").input.shape) == (None, 2, 2, 128)  # 28 -> 14 -> 7 -> 4 -> 2
+    assert [w.shape for w in half.weights] == [w.shape for w in full.weights]
+    # The weights load across (a preset of either stride fits the other's
+    # shapes); the features differ, as the stem samples every other pixel.
+    half.set_weights(full.get_weights())
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype="float32")
+    assert not np.allclose(half(x), full(x))
+    with pytest.raises(ValueError, match="Received: stem_stride=3"):
+        backbones.get("resnet18_cifar", stem_stride=3)
+    with pytest.raises(ValueError, match="stem='imagenet', stem_stride=2"):
+        backbones.get("resnet18", stem_stride=2)
+
+
 def test_width_rounds_channels_to_ints():
     model = backbones.get("resnet18_cifar", width=0.3, input_shape=(8, 8, 3))
     filters = [model.get_layer(f"layer{i}_0_conv1").filters for i in range(1, 5)]

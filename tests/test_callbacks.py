@@ -163,6 +163,49 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
     assert np.isfinite(kcl.callbacks.read(os.path.join(directory, "ckpt-000000002"))[1]["model/0"]).all()
 
 
+def test_training_clock_counts_epochs_not_end_of_epoch_work_and_survives_resume(tmp_path, monkeypatch):
+    # A fake monotonic clock: each training step takes 10 s, the kNN monitor
+    # listed after the clock 100 s; only the steps count.
+    now = [0.0]
+    monkeypatch.setattr(kcl.callbacks.time, "monotonic", lambda: now[0])
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            now[0] += 10.0
+
+    class SlowMonitor(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            now[0] += 100.0
+
+    images, labels = worker.data()
+    directory = str(tmp_path / "ckpt")
+
+    def fit(epochs):
+        keras.utils.set_random_seed(0)
+        model = worker.build("simclr")
+        clock = kcl.callbacks.TrainingClock()
+        checkpoint = kcl.callbacks.Checkpoint(directory, every=1, verbose=0, clock=clock)
+        dataset = worker.dataset("simclr", images, labels, checkpoint.initial_step)
+        history = model.fit(
+            dataset, epochs=epochs, steps_per_epoch=worker.STEPS,
+            callbacks=[clock, Steps(), SlowMonitor(), checkpoint], verbose=0,
+        )
+        return clock, history.history
+
+    clock, history = fit(1)
+    assert history["train_minutes"] == [pytest.approx(worker.STEPS * 10 / 60)]
+    # The same command, two epochs: resumes after epoch 1 with its seconds.
+    clock, history = fit(2)
+    assert clock.seconds == pytest.approx(2 * worker.STEPS * 10)
+    assert history["train_minutes"][-1] == pytest.approx(2 * worker.STEPS * 10 / 60)
+    manifest = json.load(open(os.path.join(kcl.callbacks.Checkpoint(directory).latest(), "manifest.json")))
+    assert manifest["train_seconds"] == pytest.approx(2 * worker.STEPS * 10)
+    with pytest.raises(ValueError, match="Received: seconds=-1"):
+        kcl.callbacks.TrainingClock(-1)
+    with pytest.raises(ValueError, match="Received: clock="):
+        kcl.callbacks.Checkpoint(directory, clock=1.0)
+
+
 def test_resume_into_another_model_or_run_length_is_refused(tmp_path):
     directory = str(tmp_path / "ckpt")
     _fit(directory, interrupt_after=2)
