@@ -34,34 +34,96 @@ def _add_data_flags(parser):
     parser.add_argument(
         "--data",
         default="fashion_mnist",
-        help="dataset: 'fashion_mnist' (local files, see README), a tfds name "
-        "(e.g. cifar10, prepared with `tfds build`), or a folder with "
-        "train/<class>/ and test/<class>/ images. Default: fashion_mnist.",
+        help="the images: 'fashion_mnist' (local files, see README); a folder of images of any "
+        "depth and layout, labelled by class subfolders when every image is in one "
+        "(<folder>/<class>/<image>), a folder holding train/ and test/ being the two splits; a "
+        "glob of image files ('photos/**/*.jpg'); TFRecord shards (a folder from `kcl "
+        "make-tfrecords`, a .tfrecord file or a glob); or a tfds name (e.g. cifar10, "
+        "imagenet2012, prepared with `tfds build`). Folders, files, TFRecords and tfds are "
+        "streamed from disk (docs/data.md). Default: fashion_mnist.",
     )
     parser.add_argument(
         "--image-size",
         type=int,
         default=None,
-        help="resize tfds/folder images to this square size (Fashion-MNIST keeps 28).",
+        help="square size the images are decoded to (a centred crop to a square, then a resize). "
+        "Default: the data's size when all its images share one (Fashion-MNIST keeps 28).",
     )
     parser.add_argument(
         "--channels",
         type=int,
         choices=(1, 3),
-        default=3,
-        help="colour channels of image-folder data: 1 (grey) or 3 (RGB). Default: 3.",
+        default=None,
+        help="colour channels the images are decoded to: 1 (grey) or 3 (RGB). Default: the "
+        "data's (1 when its images are stored grey, else 3).",
     )
+    _add_file_flags(parser)
+    parser.add_argument("--tfds-dir", default=None, help="tfds' data_dir for tfds names. Default: tfds' own.")
     parser.add_argument(
         "--train-limit",
         type=int,
         default=None,
-        help="use only the first N training images (quick runs). Default: all.",
+        help="use only N training images (quick runs): the first N of Fashion-MNIST, tfds and "
+        "TFRecords, a seeded sample of N files of a folder. Default: all.",
     )
     parser.add_argument(
         "--test-limit",
         type=int,
         default=None,
-        help="use only the first N test images. Default: all.",
+        help="use only N test images (chosen as --train-limit's). Default: all (at most "
+        "10,000 for streamed data in `kcl pretrain`).",
+    )
+
+
+def _add_file_flags(parser):
+    """How image files are read: their labels, and what a file that does not decode does."""
+    parser.add_argument(
+        "--labels",
+        choices=("auto", "folders", "none"),
+        default="auto",
+        help="labels of an image folder: auto (class subfolders when every image sits one "
+        "folder deep), folders (the first-level subfolder of each image, at any depth) or none. "
+        "Default: auto.",
+    )
+    parser.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="stop with an error naming the file at the first image that does not decode "
+        "(default: skip it and count it, docs/data.md).",
+    )
+
+
+def _add_streaming_flags(parser):
+    """The flags of `kcl pretrain` about reading and evaluating streamed data."""
+    parser.add_argument(
+        "--eval-data",
+        default=None,
+        help="labelled images for kNN monitoring and the final evaluation, in any --data form "
+        "(its test/ split when it has one). Default: the test split of --data, else a sample of "
+        "--data's own labelled images; with neither, evaluation is skipped (and said so).",
+    )
+    parser.add_argument(
+        "--cache",
+        default=None,
+        metavar="memory|FILE",
+        help="decode the training images once and keep them in memory ('memory') or in a "
+        "memory-mapped .npy FILE (reused by later runs of the same data); same batches as "
+        "without. Default: decode as training goes.",
+    )
+    parser.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=4096,
+        help="records in the shuffle buffer of TFRecords and tfds data (folders and files are "
+        "shuffled by a full permutation per epoch instead). Default: 4096.",
+    )
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="train this many batches per epoch (each epoch still draws them from a new "
+        "permutation of all the data): shorter epochs for kNN monitoring and checkpoints of "
+        "very large data, or a bounded run. Default: all full batches.",
     )
 
 
@@ -98,6 +160,7 @@ def build_parser():
         "a third of the step time (docs/quality.md). Default: 1.",
     )
     _add_data_flags(pretrain)
+    _add_streaming_flags(pretrain)
     pretrain.add_argument("--epochs", type=int, default=5, help="training epochs. Default: 5.")
     pretrain.add_argument("--batch-size", type=int, default=256, help="global batch size. Default: 256.")
     pretrain.add_argument(
@@ -300,7 +363,6 @@ def build_parser():
         "comma-separated tfds dataset, e.g. cifar10,stl10, with --linear-protocol "
         "(default: lbfgs).",
     )
-    evaluate.add_argument("--tfds-dir", default=None, help="tfds' data_dir for --transfer. Default: tfds' own.")
     evaluate.add_argument(
         "--transfer-limit",
         type=int,
@@ -433,6 +495,22 @@ def build_parser():
             help=f"texture {name} in pixels (see kcl.negatives.synthesize_texture). Default: scaled to the image.",
         )
     textures.add_argument("--tolerance", type=float, default=0.1, help="block choice tolerance. Default: 0.1.")
+
+    records = commands.add_parser(
+        "make-tfrecords",
+        help="write a folder of images as TFRecord shards, to stream from a bucket or a slow disk",
+        description="Write the images of SRC (a folder of any layout, or a glob of image files) "
+        "into DST as TFRecord shards of tf.train.Example records (the encoded file, its label when "
+        "the folder has class subfolders, its path), in a seeded shuffled order, with an index "
+        "kcl-tfrecords.json. Each file is decoded once to check it: one that does not decode is "
+        "left out and listed in the index. `kcl pretrain --data DST` streams them (docs/data.md).",
+    )
+    records.add_argument("src", help="a folder of images, or a glob of image files (quote it).")
+    records.add_argument("dst", help="the output folder (created; it must hold no TFRecords yet).")
+    records.add_argument("--shards", type=int, default=None, help="number of shard files. Default: one per 1,024 images.")
+    _add_file_flags(records)
+    records.add_argument("--seed", type=int, default=0, help="seed of the order of the records. Default: 0.")
+    records.add_argument("--quiet", action="store_true", help="no progress bar.")
     return parser
 
 
@@ -616,44 +694,111 @@ def _weak_negatives(args, method_cls, train_size):
     return dict(settings, weak_negatives=negatives.TextureNegatives()), textures
 
 
-def _load_split(args, split):
-    from kcl import data
-
-    limit = args.train_limit if split == "train" else args.test_limit
-    for flag in ("train_limit", "test_limit", "image_size"):
-        value, name = getattr(args, flag), "--" + flag.replace("_", "-")
+def _check_data_flags(args):
+    for flag in ("train_limit", "test_limit", "image_size", "shuffle_buffer", "steps_per_epoch"):
+        value, name = getattr(args, flag, None), "--" + flag.replace("_", "-")
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1. Received: {name}={value}")
-    if args.data in ("fashion_mnist", "fashion-mnist", "fmnist"):
-        images, labels = data.load_fashion_mnist(split)
-        return images[:limit], labels[:limit]
-    kwargs = {}
-    if args.image_size:
-        kwargs["image_size"] = (args.image_size, args.image_size)
-    if os.path.isdir(args.data):
-        if "image_size" not in kwargs:
-            raise ValueError(
-                "Image folders need a size to resize to. Pass --image-size. "
-                "Received: --image-size=None"
-            )
-        if not os.path.isdir(os.path.join(args.data, split)):
-            raise ValueError(
-                f"An image folder holds train/<class>/ and test/<class>/ subfolders; "
-                f"{os.path.join(args.data, split)} is missing. Received: --data={args.data}"
-            )
-        # Folders list their files class by class; shuffle so that --*-limit
-        # and the kNN monitor's first images hold every class.
-        kwargs.update(shuffle=True, seed=getattr(args, "seed", 0), channels=args.channels)
-    elif args.data.startswith((os.sep, ".", "~")):  # a path, not a tfds name ("cifar10/3.0.2")
-        raise ValueError(
-            "No such folder (--data takes fashion_mnist, a tfds name or an image "
-            f"folder). Received: --data={args.data}"
-        )
+
+
+def _open(args, spec, split, flag="--data", like=None):
+    """`kcl.data.open_source` with the data flags; `like` (a source) fixes the size and channels."""
+    from kcl import data
+
+    image_size = (args.image_size, args.image_size) if args.image_size else None
+    channels = args.channels
+    if like is not None:
+        image_size, channels = like.image_size, like.channels
     try:
-        return data.to_numpy(data.load(args.data, split, **kwargs), limit=limit)
+        return data.open_source(
+            spec, split, image_size=image_size, channels=channels,
+            labels=None if args.labels == "none" else args.labels, strict=args.strict_data, data_dir=args.tfds_dir,
+        )
     except (ValueError, FileNotFoundError) as error:
-        # Unknown or unprepared tfds names, folders without images.
-        raise ValueError(f"--data: {error}") from None
+        # Unknown or unprepared tfds names, empty folders, globs matching nothing.
+        raise ValueError(f"{flag}: {error}") from None
+
+
+def _subset_seed(source, args):
+    """The seed of a limited sample: a folder lists its files class by class, so sample them;
+    Fashion-MNIST, tfds and `kcl make-tfrecords` store theirs shuffled, so take the first."""
+    from kcl import data
+
+    return args.seed if isinstance(source, data.ImageFiles) else None
+
+
+def _load_split(args, split):
+    """One split of --data decoded into memory, `(images, labels)`, for `kcl eval` and `build-textures`."""
+    _check_data_flags(args)
+    source = _open(args, args.data, split)
+    if source is None:
+        raise ValueError(
+            f"--data has no {split} split: give a folder with train/ and test/ subfolders, or a "
+            f"tfds name with a test split. Received: --data={args.data}"
+        )
+    limit = args.train_limit if split == "train" else args.test_limit
+    if limit is not None:
+        source = source.take(limit, _subset_seed(source, args))
+    images, labels = source.to_numpy()
+    if labels is None:
+        raise ValueError(
+            f"This command needs labelled images, and the {split} images of --data have none "
+            f"(a folder is labelled by class subfolders, <folder>/<class>/<image>). Received: --data={args.data}"
+        )
+    return images, labels
+
+
+# Queries of the kNN evaluation when streamed data does not say how many (--test-limit).
+_EVAL_QUERIES = 10000
+
+
+def _evaluation_sets(args, train):
+    """Labelled `(bank, queries, note)` arrays for kNN, or `(None, None, why there are none)`.
+
+    The bank is the training images' own labelled ones when they have labels
+    (all of them in memory for the final evaluation of in-memory data;
+    --knn-bank of them when streamed), else the train split of --eval-data;
+    the queries are the test split of --eval-data, else of --data, else
+    training images outside the bank, else half of --eval-data.
+    """
+    from kcl import data
+
+    def sample(source, count, offset=0):
+        return source.sample(count, seed=_subset_seed(source, args), offset=offset)
+
+    test, flag = None, "--eval-data"
+    if args.eval_data is not None:
+        test = _open(args, args.eval_data, "test", flag, like=train) or _open(args, args.eval_data, None, flag, like=train)
+        if not test.has_labels:
+            raise ValueError(
+                "--eval-data must be labelled (class subfolders, a labelled tfds name or TFRecords with "
+                f"labels): {test.describe()}. Received: --eval-data={args.eval_data}"
+            )
+    elif train.has_labels:
+        test = _open(args, args.data, "test", like=train)
+    queries_wanted = args.test_limit or (test.num_examples if isinstance(test, data.ArraySource) else _EVAL_QUERIES)
+    bank_source, note = (train, "its training images") if train.has_labels else (None, None)
+    if bank_source is None and test is not None:
+        bank_source = _open(args, args.eval_data, "train", flag, like=train)
+        bank_source, note = (bank_source, "the train split of --eval-data") if bank_source is not None and bank_source.has_labels else (None, None)
+    if bank_source is None and test is None:
+        return None, None, "the training data has no labels and no --eval-data was given"
+    in_memory = isinstance(bank_source, data.ArraySource) and bank_source is train
+    if bank_source is not None and test is not None:
+        bank = (train.images, train.labels) if in_memory else sample(bank_source, args.knn_bank)
+        queries = sample(test, queries_wanted)
+        note = f"{note} as the memory bank, {test.name} as queries"
+    elif test is None:  # labelled training data without a test split: held-in queries
+        bank = sample(train, args.knn_bank)
+        queries = sample(train, queries_wanted, offset=args.knn_bank)
+        note = "training images as the memory bank and other training images as queries (no test split; the encoder saw them, unlabelled)"
+    else:  # labelled --eval-data alone: its first half is the bank, the rest the queries
+        half = min(args.knn_bank, test.num_examples // 2)
+        bank, queries = sample(test, half), sample(test, queries_wanted, offset=half)
+        note = f"{test.name}: {half} images as the memory bank, the rest as queries"
+    if not len(bank[0]) or not len(queries[0]):
+        return None, None, f"too few labelled images to evaluate with ({note})"
+    return bank, queries, note
 
 
 def _check_output_dir(path, flag="--out"):
@@ -664,18 +809,27 @@ def _check_output_dir(path, flag="--out"):
 
 # Flags that do not change what is trained: a resumed run may change them.
 _RESUME_FREE = (
-    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command"
+    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command",
+    "eval_data", "test_limit", "cache", "strict_data",
 )
+# Kept in run.json by kcl.data.UnreadableFilesLog: a record of the run, not a setting.
+_RUN_LOG = "unreadable_files"
 
 
 def _check_same_run(args):
-    """Records the run's settings in --out/run.json; a resumed run must repeat them."""
+    """Records the run's settings in --out/run.json; a resumed run must repeat them.
+
+    Returns the unreadable files an earlier sitting of the run recorded there
+    (`{file: reason}`), kept in the file.
+    """
     path = os.path.join(args.out, "run.json")
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in _RESUME_FREE}
     settings = json.loads(json.dumps(settings, default=str))
+    logged = {}
     if os.path.exists(os.path.join(args.out, "checkpoints")) and os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
+        logged = before.pop(_RUN_LOG, {}).get("files", {})
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             flags = ", ".join(f"--{k.replace('_', '-')}={before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
@@ -684,7 +838,8 @@ def _check_same_run(args):
                 f"run's command to resume it, or train into a new --out. Received: --out={args.out}"
             )
     with open(path, "w") as f:
-        json.dump(settings, f, indent=1)
+        json.dump(dict(settings, **({_RUN_LOG: {"count": len(logged), "files": logged}} if logged else {})), f, indent=1)
+    return logged
 
 
 def _read_history(path):
@@ -895,20 +1050,32 @@ def cmd_pretrain(args):
             f"Unknown backbone. Known names: {', '.join(kcl.backbones.names())}. "
             f"Received: --backbone={args.backbone}"
         )
+    _check_data_flags(args)
     _check_output_dir(args.out)
-    _check_same_run(args)
+    logged = _check_same_run(args)
     keras.utils.set_random_seed(args.seed)
 
-    x_train, y_train = _load_split(args, "train")
-    x_test, y_test = _load_split(args, "test")
-    steps_per_epoch = len(x_train) // args.batch_size
+    train, stream, (bank, queries, evaluation) = _training_data(args, logged)
+    count = train.num_examples
+    steps_per_epoch = count // args.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
-            f"{len(x_train)} training images make no full batch of {args.batch_size}. "
+            f"{count} training images make no full batch of {args.batch_size}. "
             f"Received: --batch-size={args.batch_size}"
         )
-    num_classes = int(max(y_train.max(), y_test.max()) + 1)
-    size, channels = x_train.shape[1], x_train.shape[-1]
+    if args.steps_per_epoch is not None:
+        if args.steps_per_epoch > steps_per_epoch:
+            raise ValueError(
+                f"{count} training images make {steps_per_epoch} full batches of {args.batch_size} per "
+                f"epoch. Received: --steps-per-epoch={args.steps_per_epoch}"
+            )
+        steps_per_epoch = args.steps_per_epoch
+    probe = train.has_labels and not args.no_probe
+    num_classes = _num_classes(train, bank, queries) if probe else None
+    if train.has_labels and not args.no_probe and num_classes is None:
+        probe = False
+        print(f"kcl: no online probe: the number of classes of {train.name} is not recorded.", flush=True)
+    size, channels = train.image_size[0], train.channels
     parameters = inspect.signature(method_cls).parameters
     scheduler, epochs = None, args.epochs
     if method_cls is not kcl.methods.PIC and (args.window is not None or args.stride is not None):
@@ -921,10 +1088,15 @@ def cmd_pretrain(args):
         # batches carry each image's index, in the order of the sliding-window
         # scheduler (the whole set per window unless PIC's --window is set);
         # its epochs are rescaled to show as many images as --epochs plain epochs.
-        window = args.window or len(x_train)
+        if args.steps_per_epoch is not None:
+            raise ValueError(
+                f"{method_cls.__name__} shows the data through the sliding-window scheduler, whose "
+                f"windows set the epochs; use --window. Received: --steps-per-epoch={args.steps_per_epoch}"
+            )
+        window = args.window or count
         try:
             scheduler = kcl.data.SlidingWindowScheduler(
-                len(x_train), window=window, stride=args.stride or window, seed=args.seed
+                count, window=window, stride=args.stride or window, seed=args.seed
             )
         except ValueError as error:
             raise ValueError(f"--window/--stride: {error}") from None
@@ -943,7 +1115,7 @@ def cmd_pretrain(args):
     keras.config.set_dtype_policy(settings["policy"])
     try:
         model, textures = _build_model(
-            args, method_cls, channels, size, epochs, steps_per_epoch, num_classes, scheduler, len(x_train)
+            args, method_cls, channels, size, epochs, steps_per_epoch, num_classes, scheduler, count
         )
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -956,27 +1128,32 @@ def cmd_pretrain(args):
         os.path.join(args.out, "checkpoints"), every=args.checkpoint_every, keep=args.keep_checkpoints, clock=clock
     )
     start, total = checkpoint.initial_step, epochs * steps_per_epoch
-    probe_labels = None if args.no_probe else y_train
+    fed = stream if probe else stream.without_labels()
+    if textures is not None:
+        fed = kcl.data.ArraySource(*stream.to_numpy(), textures=textures)
+        fed = fed if probe else fed.without_labels()
     if scheduler is None:
         dataset = kcl.data.pretrain_dataset(
-            x_train,
-            probe_labels,
+            fed,
             batch_size=args.batch_size,
             seed=args.seed,
-            textures=textures,
             epochs=epochs,
             initial_step=min(start, total - 1),
+            steps_per_epoch=steps_per_epoch,
+            shuffle_buffer=args.shuffle_buffer,
         )
     else:
-        dataset = kcl.data.sliding_window_dataset(
-            x_train, scheduler, args.batch_size, epochs, initial_epoch=min(start // steps_per_epoch, epochs - 1), labels=probe_labels
-        ).skip(start % steps_per_epoch)
+        try:
+            dataset = kcl.data.sliding_window_dataset(
+                fed, scheduler, args.batch_size, epochs, initial_step=min(start, total - 1)
+            )
+        except ValueError as error:
+            raise ValueError(f"--method {args.method}: {error}") from None
 
-    callbacks = [clock]
-    if args.knn_every:
-        bank = min(args.knn_bank, len(x_train))
+    callbacks = [clock, kcl.data.UnreadableFilesLog(stream, os.path.join(args.out, "run.json"))]
+    if args.knn_every and bank is not None:
         callbacks.append(
-            kcl.eval.KNNMonitor((x_train[:bank], y_train[:bank]), (x_test, y_test), every=args.knn_every)
+            kcl.eval.KNNMonitor((bank[0][: args.knn_bank], bank[1][: args.knn_bank]), queries, every=args.knn_every)
         )
     # The CSV row of an epoch is written before its checkpoint: a run killed
     # in between repeats the row, which _read_history keeps once.
@@ -985,20 +1162,36 @@ def cmd_pretrain(args):
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.out, "logs"), write_graph=False))
     print(
-        f"kcl: {method_cls.__name__} on {args.data} ({len(x_train)} images, {size}x{size}x{channels}), "
+        f"kcl: {method_cls.__name__} on {args.data}: {fed.describe()}; "
         f"{args.backbone} x{args.width:g}, batch {args.batch_size}, {args.epochs} epochs"
+        + ("" if args.steps_per_epoch is None else f" of {steps_per_epoch} steps")
         + ("" if args.weak_negatives is None else f", {args.weak_negatives} negatives")
         + ("" if scheduler is None else f" ({epochs} windows of {scheduler.window_size}, stride {scheduler.stride})"),
         flush=True,
     )
+    if not stream.random_access or textures is not None or args.cache:
+        print(f"kcl: resuming this run is {stream.resume_note}", flush=True)
+    print(
+        "kcl: "
+        + (f"kNN evaluation with {evaluation}" if bank is not None else f"no kNN monitor or final evaluation: {evaluation}")
+        + ("" if probe else "; no online probe: " + ("--no-probe" if args.no_probe else "the training images have no labels")),
+        flush=True,
+    )
     if start < total:
-        model.fit(
-            dataset,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
-            verbose=0 if args.quiet else 1,
-        )
+        try:
+            model.fit(
+                dataset,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                verbose=0 if args.quiet else 1,
+            )
+        except Exception as error:
+            # A file that stopped a strict source: the source holds the one-line error.
+            raised = getattr(fed, "error", None) or stream.error
+            if raised is not None and type(error).__module__.startswith("tensorflow"):
+                raise raised from None
+            raise
     else:
         print(f"kcl: the run in {args.out} has finished training; evaluating it again.", flush=True)
         checkpoint.restore(model)
@@ -1013,13 +1206,18 @@ def cmd_pretrain(args):
     with open(os.path.join(args.out, "history.json"), "w") as f:
         json.dump(logs, f, indent=1)
 
-    print("kcl: evaluating on the full training set as memory bank ...", flush=True)
-    features = (kcl.eval.embed(model, x_train), kcl.eval.embed(model, x_test))
-    table = _knn_table((x_train, y_train), (x_test, y_test), features)
-    _print_table(table)
+    table = None
+    if bank is not None:
+        print(f"kcl: evaluating with {len(bank[0])} training images as memory bank ...", flush=True)
+        features = (kcl.eval.embed(model, bank[0]), kcl.eval.embed(model, queries[0]))
+        table = _knn_table(bank, queries, features)
+        _print_table(table)
+    else:
+        print(f"kcl: no final kNN evaluation: {evaluation}.", flush=True)
     metrics = {
         "method": method_cls.__name__,
         "data": args.data,
+        "source": train.describe(),
         "backbone": args.backbone,
         "width": args.width,
         "epochs": args.epochs,
@@ -1030,6 +1228,8 @@ def cmd_pretrain(args):
         "jit_compile": settings["jit_compile"],
         "train_seconds": round(train_seconds, 1),
         "machine": bench.machine(),
+        "evaluation": evaluation,
+        "unreadable_files": len(stream.unreadable),
         "knn": table,
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
@@ -1040,7 +1240,7 @@ def cmd_pretrain(args):
             history,
             os.path.join(args.out, "training.png"),
             title=f"{method_cls.__name__} on {args.data}",
-            baseline=_monitor_baseline(args, (x_train, y_train), (x_test, y_test), table),
+            baseline=None if table is None else _monitor_baseline(args, bank, queries, table),
         )
         print(f"kcl: plot of loss and kNN accuracy per epoch: {plot}")
     except ImportError as error:
@@ -1052,6 +1252,36 @@ def cmd_pretrain(args):
         print(f"kcl: SavedModel for feature extraction: {path}")
     print(f"kcl: done in {train_seconds / 60:.1f} min of training; outputs in {args.out}")
     return metrics
+
+
+def _training_data(args, logged):
+    """`(train, stream, (bank, queries, note))`: the training source, what is read, and kNN's labelled sets.
+
+    `train` is --data as opened (with --train-limit); `stream` is what the
+    batches are read from (`train`, or its --cache); `logged` are the
+    unreadable files an earlier sitting of the run found.
+    """
+    train = _open(args, args.data, "train")
+    if args.train_limit is not None:
+        train = train.take(args.train_limit, _subset_seed(train, args))
+    train.unreadable.update(logged)
+    evaluation = _evaluation_sets(args, train)
+    stream = train
+    if args.cache:
+        print(f"kcl: decoding {train.num_examples} images once into {args.cache} ...", flush=True)
+        try:
+            stream = train.cache(args.cache)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"--cache: {error}. Received: --cache={args.cache}") from None
+    return train, stream, evaluation
+
+
+def _num_classes(train, bank, queries):
+    """Classes of the online probe: the source's, or the largest label seen plus one; `None` if unknown."""
+    if train.class_names:
+        return len(train.class_names)
+    labels = [values for values in (getattr(train, "labels", None), bank and bank[1], queries and queries[1]) if values is not None and len(values)]
+    return int(max(values.max() for values in labels) + 1) if labels else None
 
 
 def _load_model(path):
@@ -1283,7 +1513,6 @@ def _check_eval_flags(args):
     for flag, needs in (
         ("textures", "robustness"),
         ("fine_tune_epochs", "fine_tune"),
-        ("tfds_dir", "transfer"),
         ("transfer_limit", "transfer"),
         ("saliency_epochs", "report"),
     ):
@@ -1585,29 +1814,83 @@ def cmd_build_textures(args):
     print(f"kcl: {written} textures written, {len(images)} in {args.out}")
 
 
+def cmd_make_tfrecords(args):
+    from kcl import data
+
+    options = {"image_size": 1, "channels": 1, "strict": args.strict_data}  # decoded only to check them
+    labels = None if args.labels == "none" else args.labels
+    if not data.files.has_pattern(args.src) and not data.files.is_folder(os.path.expanduser(args.src)):
+        raise ValueError(f"No such folder (SRC is a folder of images or a glob of image files). Received: SRC={args.src}")
+    try:
+        if data.files.is_folder(os.path.expanduser(args.src)):
+            source = data.image_folder(args.src, labels=labels, **options)
+        else:
+            source = data.image_files(args.src, **options)
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"SRC: {error}") from None
+    if args.shards is not None and not 1 <= args.shards <= source.num_examples:
+        raise ValueError(
+            f"--shards must be in [1, {source.num_examples}] (an image at least per shard). Received: --shards={args.shards}"
+        )
+    labelled = f", {len(source.class_names)} classes" if source.class_names else ", no labels"
+    print(f"kcl: writing {source.num_examples} images of {args.src}{labelled} into {args.dst} ...", flush=True)
+    _check_not_a_file(args.dst, "DST")
+    try:
+        index = data.write_tfrecords(source, args.dst, shards=args.shards, seed=args.seed, verbose=not args.quiet)
+    except data.UnreadableImageError:
+        raise
+    except ValueError as error:
+        raise ValueError(f"DST: {error}") from None
+    skipped = len(index["unreadable"])
+    print(
+        f"kcl: {index['num_examples']} images in {len(index['shards'])} shards in {args.dst}"
+        + (f"; {skipped} files that do not decode left out (listed in kcl-tfrecords.json)" if skipped else "")
+    )
+    return index
+
+
+def _exit_code(error):
+    """The exit status of an error kcl reports in one line, or `None` for a bug (a traceback).
+
+    1: training diverged (`kcl.callbacks.NonFiniteLossError`,
+    `kcl.guard.NonFiniteStateError`). 2: what the user can fix: a bad
+    input or flag (`ValueError`, with `kcl.guard.BadBatchError` and
+    `kcl.callbacks.CorruptCheckpointError`), a file, folder, disk or network
+    problem (`OSError`), an optional package to install (`ImportError`).
+    """
+    if isinstance(error, FloatingPointError):
+        return 1
+    if isinstance(error, (ValueError, OSError, ImportError)):
+        return 2
+    return None
+
+
 def main(argv=None):
+    # kcl/__init__.py silences TensorFlow's start-up notices for the command
+    # before TensorFlow is imported; this covers a direct call of main().
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args = parse_args(argv)
     except ValueError as error:  # a recipe that does not load or fit the flags
-        print(f"kcl pretrain: error: {error}", file=sys.stderr)
+        print(f"kcl pretrain: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     command = {
         "pretrain": cmd_pretrain,
         "eval": cmd_eval,
         "export": cmd_export,
         "build-textures": cmd_build_textures,
+        "make-tfrecords": cmd_make_tfrecords,
         "bench": cmd_bench,
     }[args.command]
     try:
         command(args)
-    except (ValueError, FileNotFoundError) as error:
-        # User errors get one clear line, not a stack trace.
-        print(f"kcl {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except FloatingPointError as error:  # kcl.callbacks.NonFiniteLossError
-        print(f"kcl {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    except Exception as error:
+        # Errors kcl reports get one line, never a stack trace; a bug keeps its traceback.
+        code = _exit_code(error)
+        if code is None:
+            raise
+        print(f"kcl {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -99,10 +99,11 @@ class Resources:
     def encoder(self):
         return tiny_encoder(SIZE, 1)
 
-    def simclr(self, augmenter=True, **kwargs):
+    def simclr(self, augmenter=True, encoder=None, **kwargs):
+        """SimCLR on the shared encoder, or on `encoder` (a case that damages its weights)."""
         augmenter = kcl.methods.SimCLR.default_augmenter(SIZE) if augmenter else None
         model = kcl.methods.SimCLR(
-            self.encoder, augmenter=augmenter, projection_hidden_dims=(16,), projection_dim=8, **kwargs
+            encoder or self.encoder, augmenter=augmenter, projection_hidden_dims=(16,), projection_dim=8, **kwargs
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         return model
@@ -206,7 +207,7 @@ class _PoisonWeights(keras.callbacks.Callback):
 
 
 def _nan_loss(ctx):
-    model = ctx.res.simclr()
+    model = ctx.res.simclr(encoder=tiny_encoder(SIZE, 1))  # its weights become NaN
     model.fit(dataset(ctx.res.images), epochs=1, verbose=0,
               callbacks=[_PoisonWeights(), kcl.callbacks.Checkpoint(str(ctx.tmp / "ckpt"), verbose=0)])
 
@@ -439,7 +440,7 @@ API_CASES = [
          r"`k` must be in \[1, 4\].*k=200"),
     Case("linear-probe-misaligned-labels", "kcl.eval.linear_probe(train_labels)", "fewer labels than features",
          lambda ctx: kcl.eval.linear_probe(np.ones((4, 8)), np.zeros(3, "int64"), np.ones((2, 8)), np.zeros(2, "int64")),
-         r"One label per feature.*4 features.*train_labels\.shape=\(3,\)"),
+         r"one label per feature \(4\).*train_labels\.shape=\(3,\)"),
     # Checkpoints and resuming (kcl.callbacks.Checkpoint).
     Case("checkpoint-every-zero", "kcl.callbacks.Checkpoint(every)", "every=0 steps",
          lambda ctx: kcl.callbacks.Checkpoint(str(ctx.tmp), every=0), r"positive int.*every=0"),
@@ -520,9 +521,21 @@ def _read_only_out(ctx):
     return pretrain(ctx, "--out", str(folder / "run"))
 
 
-def _folder_without_train(ctx):
-    (ctx.tmp / "data" / "test" / "cats").mkdir(parents=True)
-    return pretrain(ctx, "--data", str(ctx.tmp / "data"))
+def _folder_of_mixed_sizes(ctx):
+    for size in (12, 20):
+        directory = ctx.tmp / "data" / f"class{size}"
+        directory.mkdir(parents=True)
+        keras.utils.save_img(str(directory / "0.png"), np.zeros((size, size, 1), "uint8"), scale=False)
+    return _without(pretrain(ctx, "--data", str(ctx.tmp / "data")), "--image-size")
+
+
+def _strict_folder_with_a_bad_file(ctx):
+    folder = ctx.tmp / "data"
+    folder.mkdir()
+    for i in range(7):
+        keras.utils.save_img(str(folder / f"{i}.png"), np.full((SIZE, SIZE, 1), 20 * i, "uint8"), scale=False)
+    (folder / "8.png").write_bytes(b"")  # a zero-byte file, in the one batch of 8
+    return pretrain(ctx, "--data", str(folder), "--strict-data")
 
 
 def _folder_without_images(ctx):
@@ -585,15 +598,23 @@ CLI_CASES = [
          r"queue size \(4\).*global batch size \(8\)", needle="queue_size"),
     # Data.
     Case("cli-data-missing-folder", "--data", "a folder path that does not exist",
-         lambda ctx: pretrain(ctx, "--data", str(ctx.tmp / "nowhere")), r"No such folder.*--data=.*nowhere"),
-    Case("cli-data-folder-without-train", "--data", "a folder without train/",
-         _folder_without_train, r"train/<class>/ and test/<class>/.*missing.*--data="),
+         lambda ctx: pretrain(ctx, "--data", str(ctx.tmp / "nowhere")), r"--data: No such folder or file.*data='.*nowhere'"),
+    Case("cli-data-glob-matches-nothing", "--data", "a glob that matches no file",
+         lambda ctx: pretrain(ctx, "--data", str(ctx.tmp / "*.png")), r"--data: No file matches the pattern.*files='.*\*\.png'"),
     Case("cli-data-folder-without-images", "--data", "class folders with no images",
-         _folder_without_images, r"--data: No images found"),
+         _folder_without_images, r"--data: No images found.*directory='.*data/train'"),
     Case("cli-data-unknown-tfds-name", "--data", "neither fashion_mnist, a folder nor a tfds name",
          lambda ctx: pretrain(ctx, "--data", "no_such_dataset_kcl"), r"--data: Unknown tfds dataset"),
-    Case("cli-folder-without-image-size", "--image-size", "an image folder without --image-size",
-         lambda ctx: _without(pretrain(ctx), "--image-size"), r"need a size.*--image-size=None"),
+    Case("cli-folder-of-mixed-sizes-without-image-size", "--image-size", "images of several sizes without --image-size",
+         _folder_of_mixed_sizes, r"several sizes \(12x12, 20x20\).*--image-size"),
+    Case("cli-strict-data-bad-file", "--strict-data", "a zero-byte image with --strict-data",
+         _strict_folder_with_a_bad_file, r"an empty file.*file='.*8\.png'", needle="file="),
+    Case("cli-eval-data-without-labels", "--eval-data", "evaluation images without labels",
+         lambda ctx: pretrain(ctx, "--eval-data", ctx.res.folder + "/train/dark"), r"must be labelled.*--eval-data="),
+    Case("cli-steps-per-epoch-too-many", "--steps-per-epoch", "more steps per epoch than full batches",
+         lambda ctx: pretrain(ctx, "--steps-per-epoch", "5"), r"2 full batches of 8.*--steps-per-epoch=5"),
+    Case("cli-make-tfrecords-missing-source", "SRC", "kcl make-tfrecords of a folder that does not exist",
+         lambda ctx: ["make-tfrecords", str(ctx.tmp / "nowhere"), str(ctx.tmp / "records")], r"No such folder.*SRC=.*nowhere"),
     Case("cli-batch-larger-than-data", "--batch-size", "a batch larger than the 16 training images",
          lambda ctx: pretrain(ctx, "--batch-size", "32"), r"16 training images make no full batch.*--batch-size=32"),
     # Conflicting flags.
@@ -694,8 +715,6 @@ CLI_CASES = [
          lambda ctx: ["eval", "--model", "m.keras", "--transfer", ","], r"comma-separated tfds names.*--transfer=,"),
     Case("cli-eval-transfer-limit-without-transfer", "--transfer-limit", "--transfer-limit without --transfer",
          lambda ctx: ["eval", "--model", "m.keras", "--transfer-limit", "10"], r"goes with --transfer.*--transfer-limit=10"),
-    Case("cli-eval-tfds-dir-without-transfer", "--tfds-dir", "--tfds-dir without --transfer",
-         lambda ctx: ["eval", "--model", "m.keras", "--tfds-dir", "tfds"], r"goes with --transfer.*--tfds-dir=tfds"),
     Case("cli-eval-transfer-limit-zero", "--transfer-limit", "--transfer-limit 0",
          lambda ctx: ["eval", "--model", "m.keras", "--transfer", "mnist", "--transfer-limit", "0"],
          r"at least 1.*--transfer-limit=0"),

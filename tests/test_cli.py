@@ -194,7 +194,7 @@ def test_export_of_the_pretrained_model(pretrained, tmp_path, capsys):
 
 def test_limits_on_an_image_folder_take_every_class(folder):
     args = cli.build_parser().parse_args(
-        ["eval", "--model", "m.keras", "--data", folder, "--image-size", "8",
+        ["eval", "--model", "m.keras", "--data", folder, "--image-size", "8", "--channels", "3",
          "--train-limit", "10", "--test-limit", "6"]
     )
     images, labels = cli._load_split(args, "train")
@@ -246,11 +246,17 @@ def test_batch_larger_than_the_dataset(folder, tmp_path, capsys):
     assert_one_line_error(code, err, "--batch-size=1000")
 
 
-def test_image_folder_without_image_size(folder, tmp_path, capsys):
-    argv = folder_argv(folder, tmp_path)
+def test_image_folder_of_mixed_sizes_without_image_size(tmp_path, capsys):
+    # One size is inferred (the fixture's folder trains without --image-size);
+    # several need the flag, asked for before anything trains.
+    for i, size in enumerate((12, 16, 20)):
+        directory = tmp_path / "mixed" / "train" / f"class{i % 2}"
+        directory.mkdir(parents=True, exist_ok=True)
+        keras.utils.save_img(str(directory / f"{i}.png"), np.zeros((size, size, 1), "uint8"), scale=False)
+    argv = folder_argv(str(tmp_path / "mixed"), tmp_path)
     del argv[argv.index("--image-size") : argv.index("--image-size") + 2]
     code, _, err = run(argv, capsys)
-    assert_one_line_error(code, err, "--image-size")
+    assert_one_line_error(code, err, "several sizes (12x12, 16x16, 20x20)", "--image-size")
 
 
 @pytest.mark.parametrize("setting", ["bogus=1", 'temperature="warm"'])

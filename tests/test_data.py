@@ -168,7 +168,7 @@ def test_kcl_data_wins_over_the_system_copy_and_the_system_copy_is_next(tmp_path
 
 def test_missing_fashion_mnist_without_download_names_the_install_command(tmp_path, monkeypatch):
     missing = [str(tmp_path / "a"), str(tmp_path / "b")]
-    monkeypatch.setattr(data, "fashion_mnist_dirs", lambda: missing)
+    monkeypatch.setattr(data.fashion_mnist, "fashion_mnist_dirs", lambda: missing)
     with pytest.raises(FileNotFoundError) as info:
         data.load_fashion_mnist("train", download=False)
     message = str(info.value)
@@ -179,7 +179,7 @@ def test_missing_fashion_mnist_without_download_names_the_install_command(tmp_pa
 def test_fashion_mnist_with_only_half_the_files_is_not_found(tmp_path, monkeypatch):
     write_fashion_mnist(tmp_path)
     os.remove(os.path.join(tmp_path, "fashion-mnist", "t10k-labels-idx1-ubyte.gz"))
-    monkeypatch.setattr(data, "fashion_mnist_dirs", lambda: [str(tmp_path / "fashion-mnist")])
+    monkeypatch.setattr(data.fashion_mnist, "fashion_mnist_dirs", lambda: [str(tmp_path / "fashion-mnist")])
     with pytest.raises(FileNotFoundError):
         data.load_fashion_mnist("test", download=False)
     assert len(data.load_fashion_mnist("train", download=False, verbose=False)[0]) == 12
@@ -189,7 +189,7 @@ def test_fashion_mnist_rejects_images_and_labels_of_different_lengths(tmp_path, 
     write_fashion_mnist(tmp_path)
     directory = tmp_path / "fashion-mnist"
     write_idx(directory / "train-labels-idx1-ubyte.gz", np.zeros(5, "uint8"))
-    monkeypatch.setattr(data, "fashion_mnist_dirs", lambda: [str(directory)])
+    monkeypatch.setattr(data.fashion_mnist, "fashion_mnist_dirs", lambda: [str(directory)])
     with pytest.raises(ValueError, match="labels"):
         data.load_fashion_mnist("train", download=False)
 

@@ -54,8 +54,11 @@ def _tail(path, lines=40):
     return "\n".join(text[-lines:])
 
 
-def _run_cluster(out_dir, num_workers=2):
-    """Runs the workers to completion; returns None, or a failure report with their output."""
+def _run_cluster(out_dir, num_workers=2, worker=("multiworker_worker.py",)):
+    """Runs the workers to completion; returns None, or a failure report with their output.
+
+    `worker` is the script in tests/ and its arguments; `out_dir` is appended.
+    """
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(num_workers)]}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -68,7 +71,7 @@ def _run_cluster(out_dir, num_workers=2):
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": task}}
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(REPO / "tests" / "multiworker_worker.py"), str(out_dir)],
+                    [sys.executable, str(REPO / "tests" / worker[0]), *worker[1:], str(out_dir)],
                     cwd=REPO,
                     env=dict(env, TF_CONFIG=json.dumps(tf_config)),
                     stdout=stack.enter_context(open(log, "w")),
