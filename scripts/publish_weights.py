@@ -22,14 +22,55 @@ Metrics (test split, features of the encoder):
 - `knn200_quick`: `kcl.zoo.quick_knn`, weighted kNN-200 with the first
   10,000 training images as bank on the first 2,000 test images, the check
   tests/test_zoo.py repeats on the shipped preset.
+
+The card's `training` entry records how the weights were made: the command,
+epochs and training minutes, the machine (as `kcl pretrain` recorded it), the
+number of sittings the run took (`sessions.jsonl`, one line per start of
+`kcl pretrain` that trained), and the curve: kNN-200 after each epoch the
+monitor measured, against the minutes trained by then (RUN/history.csv),
+with `still_rising` saying whether the last quarter of the run still gained
+more than 0.2 points.
 """
 
 import argparse
+import csv
 import datetime
 import json
 import os
-import platform
 import sys
+
+# A run "still rises" when its last quarter of epochs gained more than this (kNN-200, points).
+RISING = 0.2
+
+
+def curve(run):
+    """`[[epoch, train minutes, kNN-200 %], ...]` from RUN/history.csv, the epochs the monitor measured."""
+    points = []
+    with open(os.path.join(run, "history.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("knn_acc") not in (None, "", "NA", "nan") and row.get("train_minutes") not in (None, "", "NA"):
+                points.append([int(row["epoch"]) + 1, round(float(row["train_minutes"]), 2), round(100 * float(row["knn_acc"]), 2)])
+    # An epoch written twice (a run killed between its row and its checkpoint) is kept once.
+    return sorted({point[0]: point for point in points}.values())
+
+
+def still_rising(points):
+    if len(points) < 4:
+        return None
+    last = points[-1][0]
+    earlier = [p for p in points if p[0] <= last - max(1, last // 4)]
+    return bool(earlier) and points[-1][2] - earlier[-1][2] > RISING
+
+
+def sittings(run):
+    """How many starts of `kcl pretrain` trained this run, and on which machines."""
+    path = os.path.join(run, "sessions.jsonl")
+    if not os.path.exists(path):
+        return None, []
+    with open(path) as f:
+        sessions = [json.loads(line) for line in f if line.strip()]
+    trained = [s for s in sessions if s.get("trained")]
+    return len(trained), sorted({s["machine"] for s in trained if s.get("machine")})
 
 
 def main(argv=None):
@@ -41,6 +82,7 @@ def main(argv=None):
     import keras
 
     import kcl
+    from kcl import bench
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     card_path = os.path.join(root, "zoo", f"{args.card}.json")
@@ -64,7 +106,9 @@ def main(argv=None):
         "raw_pixels_knn200": run["knn"]["raw pixels"]["knn200_weighted"],
         "raw_pixels_nn20": run["knn"]["raw pixels"]["nn20_cosine"],
     }
-    command = f"kcl pretrain --recipe {run['recipe']} --out {args.run}"
+    command = run.get("command") or f"kcl pretrain --recipe {run['recipe']} --out {args.run}"
+    points = curve(args.run)
+    count, machines = sittings(args.run)
     training = {
         "data": "Fashion-MNIST train (60,000 images, 28 x 28 grey)",
         "epochs": run["epochs"],
@@ -73,7 +117,10 @@ def main(argv=None):
         "command": command,
         "train_minutes": round(run["train_seconds"] / 60, 1),
         "precision": run.get("precision", "float32"),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
+        "machine": "; ".join(machines) or run.get("machine") or bench.machine(),
+        "sittings": count,
+        "curve": {"columns": ["epoch", "train_minutes", "knn200"], "points": points},
+        "still_rising": still_rising(points),
         "date": datetime.date.today().isoformat(),
     }
     out = os.path.join(root, "saved_models", args.card)
