@@ -1261,6 +1261,11 @@ def _training_data(args, logged):
     batches are read from (`train`, or its --cache); `logged` are the
     unreadable files an earlier sitting of the run found.
     """
+    if args.data is None:  # a recipe for your own images leaves it to you
+        raise ValueError(
+            "This run has no images: pass --data (a folder, a glob of image files, TFRecords or a "
+            "tfds name). Received: --data=None"
+        )
     train = _open(args, args.data, "train")
     if args.train_limit is not None:
         train = train.take(args.train_limit, _subset_seed(train, args))

@@ -5,12 +5,13 @@
 
 Chen et al. (2020), arXiv 2003.04297: batch 256, SGD (momentum 0.9) with lr
 0.03 x B/256 = 0.03, weight decay 1e-4, cosine decay, 200 epochs; queue
-65,536, m 0.999, t 0.2, MLP head 2048-128, MoCo v2's augmentations at 224
-px. Paper result: 67.5% linear top-1. kcl uses global BN instead of MoCo's
+65,536, m 0.999, t 0.2, MLP head 2048-128, MoCo v2's augmentations at 224 px.
+Paper result: 67.5% linear top-1. kcl uses global BN instead of MoCo's
 shuffled BN (see kcl.methods.MoCoV2), and warms up for one epoch where the
-paper starts at full rate. Needs `imagenet2012` prepared for tfds and
-accelerators. Not run here; the smoke variant checks the
-recipe end to end on Fashion-MNIST.
+paper starts at full rate. Streams ImageNet from disk (tfds's `imagenet2012`,
+or a folder or TFRecords given with `--data`; recipes/README.md) and needs
+accelerators. Not run here; the smoke variant checks the recipe end to end on
+Fashion-MNIST.
 """
 
 from kcl.zoo import card_recipe

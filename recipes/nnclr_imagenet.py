@@ -3,12 +3,13 @@
     kcl pretrain --recipe recipes/nnclr_imagenet.py --out runs/nnclr_r50
     kcl pretrain --recipe recipes/nnclr_imagenet.py:smoke --out /tmp/smoke   # CI, seconds
 
-Dwibedi et al. (2021), arXiv 2104.14548: batch 4096, LARS with lr 0.3 x
-B/256 = 4.8, weight decay 1e-6, 10 epochs of warm-up then cosine decay,
-1000 epochs; support set 98,304 x 256, t 0.1, projector 2048-2048-256 and
-predictor 4096-256 with BN, BYOL's augmentations at 224 px. Paper result:
-75.6% linear top-1. Needs `imagenet2012` prepared for tfds and accelerators. Not run
-here; the smoke variant checks the recipe end to end on Fashion-MNIST.
+Dwibedi et al. (2021), arXiv 2104.14548: batch 4096, LARS with lr 0.3 x B/256
+= 4.8, weight decay 1e-6, 10 epochs of warm-up then cosine decay, 1000 epochs;
+support set 98,304 x 256, t 0.1, projector 2048-2048-256 and predictor
+4096-256 with BN, BYOL's augmentations at 224 px. Paper result: 75.6% linear
+top-1. Streams ImageNet from disk (tfds's `imagenet2012`, or a folder or
+TFRecords given with `--data`; recipes/README.md) and needs accelerators. Not
+run here; the smoke variant checks the recipe end to end on Fashion-MNIST.
 """
 
 from kcl.zoo import card_recipe

@@ -90,6 +90,15 @@ def test_class_subfolders_give_labels_other_layouts_none(classes, collection, tm
     assert by_folder.class_names == ("a", "b") and by_folder.labels.tolist() == [0, 0, 0, 0, 1, 1]
 
 
+def test_a_folder_of_splits_opens_train_and_its_test_or_val(classes, tmp_path):
+    for split, count in (("train", 4), ("val", 2)):
+        image_files.write_classes(str(tmp_path / split), classes=("a", "b"), per_class=count)
+    train = kcl.data.open_source(str(tmp_path), "train")
+    test = kcl.data.open_source(str(tmp_path), "test")
+    assert (train.num_examples, test.num_examples) == (8, 4) and train.class_names == test.class_names == ("a", "b")
+    assert kcl.data.open_source(classes, "test") is None  # no split layout: no test split
+
+
 def test_glob_and_list_sources(classes):
     pattern = os.path.join(classes, "*", "00[0-4].png")
     source = kcl.data.image_files(pattern)
@@ -332,7 +341,7 @@ def tiny_tfds(tmp_path_factory):
     return data_dir
 
 
-def test_a_tfds_dataset_streams_by_name_and_resumes_exactly(tiny_tfds):
+def test_a_tfds_dataset_streams_by_name_and_resumes_exactly(tiny_tfds, tmp_path):
     source = kcl.data.open_source("kcl_stream_tiny", "train", data_dir=tiny_tfds)
     assert isinstance(source, kcl.data.TFDSSource)
     assert (source.num_examples, source.image_size, source.channels) == (40, (12, 12), 3)
@@ -344,8 +353,15 @@ def test_a_tfds_dataset_streams_by_name_and_resumes_exactly(tiny_tfds):
     assert_same_batches(
         batches(kcl.data.pretrain_dataset(source, batch_size=8, epochs=2, shuffle_buffer=8, initial_step=7)), full[7:]
     )
-    with pytest.raises(ValueError, match="record stream"):
-        kcl.data.sliding_window_dataset(source, kcl.data.SlidingWindowScheduler(40, 16, 8), 8, epochs=1)
+    scheduler = kcl.data.SlidingWindowScheduler(40, 16, 8)
+    with pytest.raises(ValueError, match=r"record stream.*--cache FILE"):
+        kcl.data.sliding_window_dataset(source, scheduler, 8, epochs=1)
+    # Cached, the stream is numbered in stored order and gains random access.
+    cached = source.cache(str(tmp_path / "tfds.npy"))
+    images, labels = source.to_numpy()
+    np.testing.assert_array_equal(cached.images, images)
+    np.testing.assert_array_equal(cached.labels, labels)
+    assert len(batches(kcl.data.sliding_window_dataset(cached, scheduler, 8, epochs=1))) == 2
 
 
 # -------------------------------------------------------- kcl pretrain --data

@@ -16,17 +16,12 @@ def build_cache(source, where="memory"):
     """The `ArraySource` of `source` decoded once (see `Source.cache`)."""
     import tensorflow as tf
 
-    if not source.random_access:
-        raise ValueError(
-            "A cache keeps each example at its index, which a record stream does not have; "
-            f"cache an image folder or file list. Received: {source.name}"
-        )
     if isinstance(source, ArraySource):
         return source
     height, width = source.image_size
     shape = (source.num_examples, height, width, source.channels)
-    # The cache file is for these files, in this order, at this size.
-    fingerprint = hashlib.sha256(json.dumps([source.name, list(shape), source.files]).encode()).hexdigest()
+    # The cache file is for these files (or records), in this order, at this size.
+    fingerprint = hashlib.sha256(json.dumps([source.name, list(shape), getattr(source, "files", None)]).encode()).hexdigest()
     if where == "memory":
         images, valid = np.zeros(shape, "uint8"), np.zeros(shape[0], bool)
     else:
@@ -44,35 +39,43 @@ def build_cache(source, where="memory"):
         valid = np.zeros(shape[0], bool)
     from kcl.data.decode import decode_image
 
-    def decode(row):
-        return decode_image(source.load(row["data"]), source.image_size, source.channels), row["index"]
+    def decode(position, row):
+        return decode_image(source.load(row["data"]), source.image_size, source.channels), position, row["label"]
 
-    for start in range(0, shape[0], CHUNK):
-        index = tf.range(start, min(start + CHUNK, shape[0]), dtype=tf.int64)
-        rows = tf.data.Dataset.from_tensor_slices(source.rows(index))
-        decoded = rows.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(256)
-        for batch, positions in decoded.as_numpy_iterator():
-            images[positions] = batch
-            valid[positions] = True
+    # Rows in stored order, numbered: a record stream's position becomes its index.
+    labels = np.full(shape[0], -1, "int64")
+    if source.random_access:
+        rows = tf.data.Dataset.range(shape[0]).batch(CHUNK).flat_map(
+            lambda index: tf.data.Dataset.from_tensor_slices(source.rows(index))
+        )
+    else:
+        rows = source.stored_records()
+    numbered = tf.data.Dataset.zip(tf.data.Dataset.range(shape[0]), rows)
+    decoded = numbered.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(256)
+    for batch, positions, batch_labels in decoded.prefetch(2).as_numpy_iterator():
+        images[positions] = batch
+        valid[positions] = True
+        labels[positions] = batch_labels
+    names = np.array([n for batch in rows.map(lambda row: row["name"]).batch(CHUNK).as_numpy_iterator() for n in batch])
     for i in np.flatnonzero(~valid):
-        name = source.rows(tf.constant([i], tf.int64))["name"].numpy()[0].decode()
+        name = names[i].decode()
         source.unreadable.setdefault(name, source.reason(name))
     if where != "memory":
         images.flush()
         del images
         os.replace(where + ".tmp", where)
+        np.save(where + ".labels.npy", labels)
+        np.save(where + ".names.npy", names)
         with open(meta_path, "w") as f:
             json.dump({"fingerprint": fingerprint, "source": source.name, "valid": valid.tolist()}, f)
         images = np.load(where, mmap_mode="r")
-    return _array_source(source, images, valid)
+    return _array_source(source, images, valid, labels, names)
 
 
-def _array_source(source, images, valid):
-    import tensorflow as tf
-
-    names = source.rows(tf.range(source.num_examples, dtype=tf.int64))["name"].numpy()
-    labels = source.labels if source.has_labels else None
-    cached = ArraySource(images, labels, None, valid, names, source.name, source.class_names)
+def _array_source(source, images, valid, labels=None, names=None):
+    if labels is None:  # a cache file read again
+        labels, names = np.load(images.filename + ".labels.npy"), np.load(images.filename + ".names.npy")
+    cached = ArraySource(images, labels if source.has_labels else None, None, valid, names, source.name, source.class_names)
     cached.unreadable = source.unreadable  # one log for the files
     cached.strict = source.strict
     return cached

@@ -267,8 +267,8 @@ def sliding_window_dataset(
     if not source.random_access:
         raise ValueError(
             "The sliding window picks instances by index, which a record stream cannot read "
-            "alone; use an image folder or file list, or cache the source (source.cache()). "
-            f"Received: {source.name}"
+            "alone; use an image folder or file list, or cache the stream (source.cache(FILE), "
+            f"kcl pretrain --cache FILE). Received: {source.name}"
         )
     batch_size = check_int("batch_size", batch_size, 1, scheduler.window_size, "window")
     steps = scheduler.window_size // batch_size

@@ -230,11 +230,15 @@ class Source:
     def cache(self, where="memory"):
         """Decodes every example once into memory (`"memory"`) or a file (a path); returns an `ArraySource`.
 
-        Batches from the cache are those of the source itself, for the same
-        seed; files that do not decode stay unreadable (recorded, and filled
-        in a batch as the source fills them). A cache file is a `.npy` array
-        read by memory mapping, reused when it was written for the same
-        examples, size and channels, and rewritten otherwise.
+        For a random-access source, batches from the cache are those of the
+        source itself for the same seed; a record stream's cache numbers the
+        records in stored order, so it gains random access (PIC's sliding
+        window, a full permutation per epoch). Files that do not decode stay
+        unreadable (recorded, and filled in a batch as the source fills
+        them). A cache file is a `.npy` array read by memory mapping (with
+        `.labels.npy`, `.names.npy` and `.json` beside it), reused when it
+        was written for the same examples, size and channels, and rewritten
+        otherwise.
         """
         from kcl.data.cache import build_cache
 
@@ -328,6 +332,10 @@ class ArraySource(Source):
         return super().describe().replace(" images from ", f" images in {where}, from ", 1)
 
 
+# Folders of a split layout that hold the test split, by preference.
+TEST_FOLDERS = ("test", "val", "validation")
+
+
 def open_source(spec, split=None, image_size=None, channels=None, labels="auto", strict=False, data_dir=None):
     """Opens training or evaluation data by name, path or pattern, streamed where it can be.
 
@@ -336,8 +344,8 @@ def open_source(spec, split=None, image_size=None, channels=None, labels="auto",
     - `"fashion_mnist"`: the local Fashion-MNIST files, in memory
       (`ArraySource`);
     - a folder of images, any depth and layout (`image_folder`); a folder
-      holding `train/` (and `test/`) subfolders is a split layout:
-      `split="train"` opens `train/`, `split="test"` opens `test/`;
+      holding a `train/` subfolder is a split layout: `split="train"` opens
+      `train/`, `split="test"` opens `test/` (or `val/`, `validation/`);
     - a folder of TFRecord shards, one `.tfrecord` file, or a glob of them
       (`tfrecords`), e.g. from `kcl make-tfrecords`;
     - a glob of image files, e.g. `"photos/**/*.jpg"` (`image_files`);
@@ -382,11 +390,13 @@ def open_source(spec, split=None, image_size=None, channels=None, labels="auto",
     if files.is_folder(spec):
         if record_files.is_tfrecord_folder(spec):
             return None if split == "test" else record_files.tfrecords(spec, **options)
-        splits = {name for name in ("train", "test") if os.path.isdir(os.path.join(spec, name))}
-        if split is not None and "train" in splits:
-            if split not in splits:
+        # A split layout: train/ beside test/ (or val/, validation/).
+        found = {name: os.path.join(spec, name) for name in ("train",) + TEST_FOLDERS if files.is_folder(os.path.join(spec, name))}
+        if split is not None and "train" in found:
+            folders = [found[n] for n in (("train",) if split == "train" else TEST_FOLDERS) if n in found]
+            if not folders:
                 return None
-            spec = os.path.join(spec, split)
+            spec = folders[0]
             if record_files.is_tfrecord_folder(spec):
                 return record_files.tfrecords(spec, **options)
         elif split == "test":
