@@ -114,7 +114,7 @@ def _add_streaming_flags(parser):
         "--shuffle-buffer",
         type=int,
         default=4096,
-        help="records in the shuffle buffer of TFRecords and tfds data (folders and files are "
+        help="records TFRecords and tfds data shuffle together, in blocks (folders and files are "
         "shuffled by a full permutation per epoch instead). Default: 4096.",
     )
     parser.add_argument(

@@ -36,7 +36,7 @@ def stateless_key(seed, stream, counter):
     Streams: `WINDOW_PERMUTATION` and `WINDOW_SHUFFLE` for
     `SlidingWindowScheduler`, `EPOCH_ORDER` for `pretrain_dataset`'s epoch
     permutations, `SHARD_ORDER` and `RECORD_SHUFFLE` for the shard order and
-    shuffle buffer of record sources, `SUBSET` for a source's seeded subsets
+    shuffle blocks of record sources, `SUBSET` for a source's seeded subsets
     and samples.
     """
     import tensorflow as tf
@@ -45,10 +45,3 @@ def stateless_key(seed, stream, counter):
     base = tf.constant([seed, 0], tf.int64)
     return fold(fold(base, stream), tf.cast(counter, tf.int64))
 
-
-def scalar_seed(seed, stream, counter):
-    """An int64 scalar drawn from `stateless_key(seed, stream, counter)`, for ops that take one seed."""
-    import tensorflow as tf
-
-    key = stateless_key(seed, stream, counter)
-    return tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)

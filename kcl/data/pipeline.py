@@ -10,7 +10,7 @@ stages:
    the step. Starting at a step (resuming) skips index batches, which
    costs nothing. Arrays and files of the same images therefore give the
    same batches. A record stream (TFRecords, tfds) is read in a seeded
-   shard order through a seeded shuffle buffer instead; starting at a step
+   shard order and shuffled in seeded blocks instead; starting at a step
    skips records by reading them, without decoding.
 2. *Reading.* Arrays are gathered. Files and records are decoded in
    parallel (`kcl.data.decode_image`), a batch at a time, with several
@@ -38,7 +38,6 @@ from kcl.data.common import (
     RECORD_SHUFFLE,
     check_aligned,
     check_int,
-    scalar_seed,
     stateless_key,
 )
 from kcl.data.source import ArraySource, Source
@@ -130,9 +129,10 @@ def pretrain_dataset(
         steps_per_epoch: batches per epoch, at most (and by default) the
             `N // batch_size` full ones: an epoch is the first
             `steps_per_epoch` batches of its permutation. Defaults to `None`.
-        shuffle_buffer: records in the shuffle buffer of a record stream
-            (TFRecords, tfds); memory is about this many encoded images.
-            Defaults to `4096`.
+        shuffle_buffer: records a record stream (TFRecords, tfds) shuffles
+            together: each block of this many consecutive records is
+            permuted; memory is about this many encoded images. Defaults to
+            `4096`.
         strategy: a `tf.distribute` strategy, to get the per-replica form
             (`strategy.distribute_datasets_from_function`): each worker reads
             only its rows of every global batch (for image files, a disjoint
@@ -300,13 +300,32 @@ def _index_batches(order, steps, batch_size, first_epoch, epochs, initial_step):
     return tf.data.Dataset.zip(tf.data.Dataset.range(initial_step, epochs * steps), indices)
 
 
-def _records(source, epoch, seed, shuffle, shuffle_buffer, shard, num_shards, reshuffle=False):
+def _records(source, epoch, seed, shuffle, shuffle_buffer, shard, num_shards):
+    """Rows of epoch `epoch` of a record stream, for this shard, shuffled in blocks of `shuffle_buffer`.
+
+    Each block of `shuffle_buffer` consecutive rows (read from several
+    shards, interleaved, in the epoch's shard order) is permuted by a
+    stateless shuffle seeded by `(seed, epoch, block)`: the same rows in the
+    same order on every run and every resume, whatever TensorFlow's global
+    seed (a `Dataset.shuffle` buffer mixes its seed with it).
+    """
+    import tensorflow as tf
+
     rows = source.records(epoch, seed, shard, num_shards, shuffle)
     if num_shards > 1:
         rows = rows.repeat()  # shards of unequal length: every worker makes the same number of steps
-    if shuffle:
-        rows = rows.shuffle(shuffle_buffer, seed=scalar_seed(seed, RECORD_SHUFFLE, epoch), reshuffle_each_iteration=reshuffle)
-    return rows
+    if not shuffle:
+        return rows
+    key = stateless_key(seed, RECORD_SHUFFLE, epoch)
+
+    def permuted(block_index, block):
+        count = tf.shape(block["data"])[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count), seed=tf.random.experimental.stateless_fold_in(key, block_index)
+        )
+        return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+
+    return rows.batch(shuffle_buffer).enumerate().flat_map(permuted)
 
 
 def _record_batches(source, seed, shuffle, shuffle_buffer, steps, batch_size, first_epoch, epochs, initial_step, shard, num_shards):
@@ -328,7 +347,9 @@ def _records_once(source, seed, shuffle, shuffle_buffer, steps, batch_size, shar
     import tensorflow as tf
 
     size = batch_size // num_shards
-    rows = _records(source, 0, seed, shuffle, shuffle_buffer, shard, num_shards, reshuffle=True)
+    rows = _records(source, 0, seed, False, shuffle_buffer, shard, num_shards)
+    if shuffle:  # reshuffled each time `fit` iterates the dataset
+        rows = rows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     rows = rows.take(steps * size).batch(size, drop_remainder=True)
     return tf.data.Dataset.zip(tf.data.Dataset.range(steps), rows), size
 

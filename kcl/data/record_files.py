@@ -47,7 +47,7 @@ class TFRecordFiles(Source):
     """TFRecord shards of encoded images, streamed: the source of `tfrecords`.
 
     A record stream: each epoch reads the shards in a seeded order (several
-    at a time, interleaved), through a seeded shuffle buffer; under several
+    at a time, interleaved), shuffled in seeded blocks; under several
     workers each reads its own shards. Resuming skips the records before
     the checkpoint's step by reading them, without decoding.
     """

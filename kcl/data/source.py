@@ -10,7 +10,7 @@ in memory. Two kinds:
   for in-memory arrays;
 - record streams (`TFRecordFiles`, `TFDSSource`): examples are read in file
   order, so an epoch is the files in a seeded order through a seeded
-  shuffle buffer.
+  shuffle of blocks of records.
 
 `kcl.data.pretrain_dataset(source, ...)` turns either into training batches.
 A file that does not decode is skipped and recorded in `source.unreadable`

@@ -34,7 +34,7 @@ class TFDSSource(Source):
     A record stream: tfds's files are read in their stored order
     (`shuffle_files=False`, deterministic), images left encoded
     (`tfds.decode.SkipDecoding`) and decoded by `kcl.data.decode_image`
-    after the seeded shuffle buffer. Under several workers tfds gives each
+    after the seeded block shuffle. Under several workers tfds gives each
     its own files (`ReadConfig(input_context=...)`).
     """
 
