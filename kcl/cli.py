@@ -766,9 +766,10 @@ def _evaluation_sets(args, train):
     def sample(source, count, offset=0):
         return source.sample(count, seed=_subset_seed(source, args), offset=offset)
 
-    test, flag = None, "--eval-data"
+    test, split_test, flag = None, None, "--eval-data"
     if args.eval_data is not None:
-        test = _open(args, args.eval_data, "test", flag, like=train) or _open(args, args.eval_data, None, flag, like=train)
+        split_test = _open(args, args.eval_data, "test", flag, like=train)  # None unless it has splits
+        test = split_test or _open(args, args.eval_data, None, flag, like=train)
         if not test.has_labels:
             raise ValueError(
                 "--eval-data must be labelled (class subfolders, a labelled tfds name or TFRecords with "
@@ -778,9 +779,11 @@ def _evaluation_sets(args, train):
         test = _open(args, args.data, "test", like=train)
     queries_wanted = args.test_limit or (test.num_examples if isinstance(test, data.ArraySource) else _EVAL_QUERIES)
     bank_source, note = (train, "its training images") if train.has_labels else (None, None)
-    if bank_source is None and test is not None:
-        bank_source = _open(args, args.eval_data, "train", flag, like=train)
-        bank_source, note = (bank_source, "the train split of --eval-data") if bank_source is not None and bank_source.has_labels else (None, None)
+    if bank_source is None and split_test is not None:
+        # Unlabelled training images: --eval-data's train split is the bank, when it has splits.
+        other = _open(args, args.eval_data, "train", flag, like=train)
+        if other is not None and other.has_labels:
+            bank_source, note = other, "the train split of --eval-data"
     if bank_source is None and test is None:
         return None, None, "the training data has no labels and no --eval-data was given"
     in_memory = isinstance(bank_source, data.ArraySource) and bank_source is train

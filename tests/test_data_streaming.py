@@ -418,6 +418,32 @@ def test_kcl_pretrain_on_class_subfolders_has_labels_and_knn_monitoring(classes,
     assert 0 <= metrics["knn"]["encoder"]["knn200_weighted"] <= 1
 
 
+def test_kcl_pretrain_finds_labelled_evaluation_sets_where_there_are_any(collection, classes, tmp_path):
+    from kcl import cli
+
+    image_files.write_classes(str(tmp_path / "split" / "train"), classes=("x", "y"), per_class=6, seed=1)
+    image_files.write_classes(str(tmp_path / "split" / "test"), classes=("x", "y"), per_class=3, seed=2)
+
+    def sets(data, *flags):
+        args = cli.build_parser().parse_args(["pretrain", "--data", data, "--image-size", "16", "--knn-bank", "10", *flags])
+        return cli._evaluation_sets(args, cli._open(args, args.data, "train"))
+
+    def rows(images):
+        return {image.tobytes() for image in images}
+
+    bank, queries, note = sets(collection[0])  # unlabelled, nothing else: no evaluation, and why
+    assert bank is None and note == "the training data has no labels and no --eval-data was given"
+    bank, queries, note = sets(collection[0], "--eval-data", classes)  # one labelled folder: halves
+    assert (len(bank[0]), len(queries[0])) == (10, 50) and not rows(bank[0]) & rows(queries[0])
+    bank, queries, note = sets(collection[0], "--eval-data", str(tmp_path / "split"))  # its train/ and test/
+    assert (len(bank[0]), len(queries[0])) == (10, 6) and note.startswith("the train split of --eval-data")
+    bank, queries, note = sets(classes)  # labelled, no test split: held-in queries, apart from the bank
+    assert (len(bank[0]), len(queries[0])) == (10, 50) and not rows(bank[0]) & rows(queries[0])
+    assert "no test split" in note
+    with pytest.raises(ValueError, match="must be labelled"):
+        sets(classes, "--eval-data", collection[0])
+
+
 # ------------------------------------------------------ SIGKILL and resume
 def _checkpoint_steps(out):
     return [int(os.path.basename(p)[5:]) for p in glob.glob(os.path.join(out, "checkpoints", "ckpt-*"))]
