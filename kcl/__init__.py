@@ -11,6 +11,7 @@ Public modules:
 - `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
 - `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
 - `kcl.callbacks`: `Checkpoint`, exact resume after any interruption; stops on a NaN loss.
+- `kcl.guard`: every training batch and the state after every step checked in the graph.
 - `kcl.pictures`: t-SNE and PCA scatter plots, retrieval grids, Grad-CAM saliency.
 - `kcl.report`: the evaluation report (figures, report.md, report.json) of `kcl eval --report`.
 - `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
@@ -19,6 +20,16 @@ Public modules:
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+import sys as _sys
+
+# The `kcl` command (and `python -m kcl.cli`) silences TensorFlow's start-up
+# notices (oneDNN, CPU instructions): TensorFlow prints them when it is
+# imported, just below, before kcl.cli.main runs. The library leaves
+# TensorFlow's logging to the program that imports it.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "kcl" or "kcl.cli" in getattr(_sys, "orig_argv", ()):
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kcl import (
     augment,  # noqa: F401
@@ -29,6 +40,7 @@ from kcl import (
     distribute,  # noqa: F401
     eval,  # noqa: F401  (shadows the builtin only as kcl.eval)
     export,  # noqa: F401
+    guard,  # noqa: F401
     heads,  # noqa: F401
     losses,  # noqa: F401
     methods,  # noqa: F401

@@ -19,7 +19,13 @@ callback that makes this so:
   last `keep` are kept.
 - At `fit`'s start it restores the newest checkpoint that verifies; one that
   does not (truncated, edited, checksum mismatch) is skipped with a warning
-  and the previous one is used.
+  and the previous one is used, or, when none is left, training starts from
+  scratch and the warning says so. A damaged checkpoint is then set aside as
+  `damaged-ckpt-<step>` for inspection, and the step is written anew when
+  training passes it again.
+- The end of `fit` always leaves a verified checkpoint of the final state
+  (read back and checked), and `fit` on a finished run trains nothing and
+  says so.
 - Resuming mid-epoch, `fit` starts at the checkpoint's epoch and the first
   `step` steps of that epoch are skipped without reading data: the dataset
   must start where the checkpoint stopped, which
@@ -29,7 +35,11 @@ callback that makes this so:
   with SIGKILL at a random step, for every method, and compares).
 - A NaN or Inf loss stops training with `NonFiniteLossError`, naming the
   step and the last good checkpoint; the state of the bad step is never
-  saved.
+  saved. Nor is any other non-finite state: the writer refuses to write a
+  checkpoint whose weights, statistics or optimizer slots hold NaN or Inf
+  (`kcl.guard.NonFiniteStateError`), and the guard of
+  `ContrastiveModel.train_step` stops a step that made them so before this
+  callback sees it (`kcl.guard`).
 
 Example:
 
@@ -53,14 +63,11 @@ import keras
 import numpy as np
 
 from kcl import files
+from kcl.guard import NonFiniteLossError, NonFiniteStateError
 
 FORMAT = 1
 STATE, MANIFEST = "state.npz", "manifest.json"
 GROUPS = ("model", "optimizer", "metrics")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf; raised by `Checkpoint`."""
 
 
 class CorruptCheckpointError(ValueError):
@@ -90,6 +97,23 @@ def _variables(model):
 
 def _describe(variables):
     return [[v.path, list(v.shape), str(v.dtype)] for v in variables]
+
+
+def describe_step(epoch, step_in_epoch, steps_per_epoch):
+    """Where a run is, for messages: `"at step 7 (epoch 3, step 1 of 3)"` (epoch counted from 0 in)."""
+    if not steps_per_epoch:
+        return f"at step {step_in_epoch} of epoch {epoch + 1}"
+    step = epoch * steps_per_epoch + step_in_epoch
+    return f"at step {step} (epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch})"
+
+
+def _non_finite(arrays, described):
+    """Paths of the floating-point arrays holding NaN or Inf (`described`: `_describe` rows, same order)."""
+    return [
+        path
+        for array, (path, _, _) in zip(arrays, described)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all()
+    ]
 
 
 def read(path):
@@ -207,6 +231,8 @@ class Checkpoint(keras.callbacks.Callback):
         self._epoch = 0
         self._last_saved = None
         self._verified = None  # (checkpoint folders, what _newest_valid found in them)
+        self._damaged = []  # damaged checkpoints newer than that, set aside when training starts
+        self._trained = None
 
     # --------------------------------------------------------------- reading
     def checkpoints(self):
@@ -222,26 +248,38 @@ class Checkpoint(keras.callbacks.Callback):
     def _newest_valid(self):
         """`(path, manifest, arrays)` of the newest checkpoint that verifies, or `None`.
 
+        Warns once about the damaged checkpoints newer than it (`_damaged`
+        lists them), saying which one is used instead, or that there is none.
         Remembered while the folder holds the same checkpoints: `initial_step`
-        followed by `fit` reads and hashes the checkpoint once, and warns once
-        about a damaged one.
+        followed by `fit` reads and hashes the checkpoint once.
         """
         listing = tuple(self.checkpoints())
         if self._verified is not None and self._verified[0] == listing:
             return self._verified[1]
-        found = None
+        found, damaged = None, []
         for path in listing:
             try:
                 manifest, arrays = read(path)
             except CorruptCheckpointError as error:
-                warnings.warn(
-                    f"Skipping the damaged checkpoint {path} ({error}); trying the previous one.",
-                    stacklevel=3,
-                )
+                damaged.append((path, error))
                 continue
             found = path, manifest, arrays
             break
+        if damaged:
+            names = ", ".join(f"{path} ({error})" for path, error in damaged)
+            plural = "s" if len(damaged) > 1 else ""
+            then = (
+                f"resuming from the previous one, {found[0]}"
+                if found
+                else "no usable checkpoint: starting from scratch"
+            )
+            warnings.warn(
+                f"Skipping the damaged checkpoint{plural} {names}; {then}. Training sets "
+                f"{'them' if plural else 'it'} aside as damaged-ckpt-<step> for inspection.",
+                stacklevel=3,
+            )
         self._verified = (listing, found)
+        self._damaged = [path for path, _ in damaged]
         return found
 
     def latest(self):
@@ -255,14 +293,43 @@ class Checkpoint(keras.callbacks.Callback):
         found = self._newest_valid()
         return 0 if found is None else int(found[1]["step"])
 
+    def finished(self, epochs, steps_per_epoch):
+        """Whether the newest valid checkpoint ends a run of `epochs` epochs of `steps_per_epoch` steps."""
+        found = self._newest_valid()
+        if found is None or found[1]["steps_per_epoch"] != steps_per_epoch:
+            return False
+        return found[1]["step"] >= epochs * steps_per_epoch
+
+    def finished_message(self, path, step, total):
+        return f"kcl: the run in {self.directory} has finished ({path} is step {step} of {total}); nothing to train."
+
+    def last_saved(self):
+        """A sentence naming the newest checkpoint this run wrote or resumed from (for messages)."""
+        if self._last_saved is None:
+            return "No checkpoint was written before it."
+        return f"The last good checkpoint is {self._last_saved[0]} (step {self._last_saved[1]})."
+
     # --------------------------------------------------------------- writing
     def save(self, step, epoch, step_in_epoch):
-        """Writes `ckpt-<step>` atomically and prunes old checkpoints; returns its path."""
+        """Writes `ckpt-<step>` atomically and prunes old checkpoints; returns its path.
+
+        A checkpoint of the same step already there is replaced. Refuses,
+        with `kcl.guard.NonFiniteStateError`, state that holds NaN or Inf.
+        """
         final = os.path.join(self.directory, f"ckpt-{step:09d}")
-        if os.path.isdir(final):
-            return final
         groups = _variables(self.model)
         arrays = {f"{group}/{i}": keras.ops.convert_to_numpy(v.value) for group in GROUPS for i, v in enumerate(groups[group])}
+        bad = [
+            path
+            for group in ("model", "optimizer")
+            for path in _non_finite([arrays[f"{group}/{i}"] for i in range(len(groups[group]))], _describe(groups[group]))
+        ]
+        if bad:
+            raise NonFiniteStateError(
+                f"Refusing to write the checkpoint of step {step}: {len(bad)} variables hold NaN or "
+                f"Inf ({', '.join(bad[:5])}). {self.last_saved()} Lower the learning rate or check the "
+                f"inputs, then resume from it. Received: step={step}"
+            )
         tmp = os.path.join(self.directory, f".tmp-ckpt-{step:09d}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -288,12 +355,33 @@ class Checkpoint(keras.callbacks.Callback):
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+        if os.path.isdir(final):
+            # Replaced, not kept: the step is written again (after a fallback
+            # from a damaged newer checkpoint, or a second fit). A crash
+            # between the renames leaves no ckpt-<step>, never a mix; the old
+            # one, named like a temporary folder, is removed at the next start.
+            old = tmp + "-old"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         _fsync_dir(self.directory)
         for old in self.checkpoints()[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
         self._last_saved = (final, step)
         return final
+
+    def _set_aside(self, path):
+        """Renames a damaged checkpoint to `damaged-ckpt-<step>[-n]`, kept for inspection."""
+        target = os.path.join(self.directory, "damaged-" + os.path.basename(path))
+        n = 0
+        while os.path.exists(target if not n else f"{target}-{n}"):
+            n += 1
+        target = target if not n else f"{target}-{n}"
+        os.replace(path, target)
+        if self.verbose:
+            print(f"kcl: the damaged checkpoint {path} is kept as {target} for inspection", flush=True)
 
     # -------------------------------------------------------------- restoring
     def restore(self, model):
@@ -356,8 +444,13 @@ class Checkpoint(keras.callbacks.Callback):
         for tmp in glob.glob(os.path.join(glob.escape(self.directory), ".tmp-ckpt-*")):
             shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-save
         self._last_saved = None
+        self._trained = None  # (global step, epoch, step in epoch) of the last step trained here
         found = self._newest_valid()
         self._verified = None  # the arrays are restored below; do not hold them
+        if self._should_write():
+            for path in self._damaged:
+                self._set_aside(path)
+            self._damaged = []
         self._skip, self._metrics, self._epoch = 0, None, 0
         if found is None:
             return
@@ -365,6 +458,11 @@ class Checkpoint(keras.callbacks.Callback):
         self._restore(path, manifest, arrays)
         epoch, step = manifest["epoch"], manifest["step_in_epoch"]
         self.model._initial_epoch = epoch  # read by fit after on_train_begin
+        total = self.params["epochs"] * self._steps_per_epoch
+        if manifest["step"] >= total:
+            # fit's loop over epochs [epoch, epochs) is then empty.
+            print(self.finished_message(path, manifest["step"], total), flush=True)
+            return
         if self.verbose:
             print(f"kcl: resuming from {path} (epoch {epoch + 1}, step {step} of {self._steps_per_epoch})", flush=True)
         if step:
@@ -401,24 +499,22 @@ class Checkpoint(keras.callbacks.Callback):
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 self.model.stop_training = True
-                if self._last_saved is None:
-                    last = "No checkpoint was written before it."
-                else:
-                    last = f"The last good checkpoint is {self._last_saved[0]} (step {self._last_saved[1]})."
                 raise NonFiniteLossError(
-                    f"The loss is {loss} at step {step} (epoch {self._epoch + 1}, step {step_in_epoch} of "
-                    f"{self._steps_per_epoch}); training stopped. {last} Lower the learning rate or check "
+                    f"The loss is {loss} {describe_step(self._epoch, step_in_epoch, self._steps_per_epoch)}; "
+                    f"training stopped. {self.last_saved()} Lower the learning rate or check "
                     f"the inputs for NaN/Inf values, then resume from it. Received: loss={loss}"
                 )
+        self._trained = (step, self._epoch, step_in_epoch)
         if step_in_epoch == self._steps_per_epoch:
             return  # saved by on_epoch_end, as the start of the next epoch
         if self.every != "epoch" and step % self.every == 0 and self._should_write():
             self.save(step, self._epoch, step_in_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.model.stop_training and self._skip:
-            return
-        if self._should_write():
+        # Only a whole epoch is saved as the next one's start; an epoch
+        # stopped early is saved where it stopped, by on_train_end.
+        finished = self._trained is not None and self._trained[1:] == (epoch, self._steps_per_epoch)
+        if finished and self._should_write():
             self.save((epoch + 1) * self._steps_per_epoch, epoch + 1, 0)
 
     def on_train_end(self, logs=None):
@@ -426,6 +522,19 @@ class Checkpoint(keras.callbacks.Callback):
         if self._skip:  # fit ended inside the skipped steps
             self.model.train_function = self._train_function
             self._skip = 0
+        if self._trained is None or not self._should_write():
+            return
+        # The final state, checkpointed and read back.
+        step, epoch, step_in_epoch = self._trained
+        if step_in_epoch == self._steps_per_epoch:
+            epoch, step_in_epoch = epoch + 1, 0  # a whole epoch: the start of the next
+        if self._last_saved is None or self._last_saved[1] != step:
+            self.save(step, epoch, step_in_epoch)
+        try:
+            read(self._last_saved[0])
+        except CorruptCheckpointError:  # lost on its way to the disk: write it once more
+            self.save(step, epoch, step_in_epoch)
+            read(self._last_saved[0])
 
     def _should_write(self):
         # Under MultiWorkerMirroredStrategy only the chief writes.

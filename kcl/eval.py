@@ -24,7 +24,13 @@ import os
 import keras
 import numpy as np
 
-from kcl.checks import check_number, check_positive_int
+from kcl.checks import (
+    check_labels,
+    check_number,
+    check_positive_int,
+    check_temperature,
+    is_positive_int,
+)
 
 
 def embed(encoder, images, batch_size=512):
@@ -64,11 +70,21 @@ def _check_images(encoder, images):
 
 
 def _check_one_label_each(features, labels, name):
-    if len(features) != len(np.reshape(labels, [-1])):
+    return check_labels(name, labels, len(features), "feature")
+
+
+def _check_features(name, features):
+    """Features as a finite float32 `[N, D]` array, or a `ValueError` naming `name`."""
+    array = np.asarray(features)
+    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ValueError(
-            f"One label per feature is needed. Received: {len(features)} features "
-            f"and {name}.shape={np.shape(labels)}"
+            f"`{name}` must be a 2-D numeric array [N, D]. Received: {name}.shape={array.shape}, "
+            f"{name}.dtype={array.dtype}"
         )
+    array = array.astype("float32")
+    if not np.isfinite(array).all():
+        raise ValueError(f"`{name}` hold NaN or Inf (or values beyond float32). Received: {name} with non-finite values")
+    return array
 
 
 def pixels(images):
@@ -111,35 +127,34 @@ def knn_classify(
     """
     import tensorflow as tf
 
-    train_features = np.asarray(train_features, "float32")
-    test_features = np.asarray(test_features, "float32")
-    train_labels = np.asarray(train_labels).astype("int64").reshape(-1)
-    if train_features.ndim != 2 or test_features.ndim != 2:
-        raise ValueError(
-            "Features must be 2-D [N, D]. Received: train_features.shape="
-            f"{train_features.shape}, test_features.shape={test_features.shape}"
-        )
+    train_features = _check_features("train_features", train_features)
+    test_features = _check_features("test_features", test_features)
     if train_features.shape[1] != test_features.shape[1]:
         raise ValueError(
             "Train and test features must have the same width. Received: "
             f"train_features.shape={train_features.shape}, "
             f"test_features.shape={test_features.shape}"
         )
-    if len(train_features) != len(train_labels):
+    train_labels = _check_one_label_each(train_features, train_labels, "train_labels")
+    if not (is_positive_int(k) and k <= len(train_features)):
         raise ValueError(
-            f"One label per training feature is needed. Received: "
-            f"{len(train_features)} features and train_labels.shape={train_labels.shape}"
+            f"`k` must be in [1, {len(train_features)}] (the training set size). Received: k={k!r}"
         )
-    if not 1 <= k <= len(train_features):
+    k = int(k)
+    temperature = check_temperature("temperature", temperature)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if num_classes is not None and not (is_positive_int(num_classes) and train_labels.max() < num_classes):
         raise ValueError(
-            f"`k` must be in [1, {len(train_features)}] (the training set size). Received: k={k}"
+            f"`num_classes` must be an integer above every training label (max {train_labels.max()}). "
+            f"Received: num_classes={num_classes!r}"
         )
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be positive. Received: temperature={temperature}")
-    num_classes = int(num_classes or train_labels.max() + 1)
+    # Votes go to the classes present, numbered 0..C-1 in sorted order (the
+    # same argmax as over all class ids), so labels such as 10**9 cost C.
+    classes, compact = np.unique(train_labels, return_inverse=True)
+    num_classes = len(classes)
 
     bank = tf.math.l2_normalize(tf.constant(train_features), axis=1)
-    bank_labels = tf.constant(train_labels)
+    bank_labels = tf.constant(compact.astype("int64"))
 
     def predict_block(queries):
         similarity = tf.matmul(tf.math.l2_normalize(queries, axis=1), bank, transpose_b=True)
@@ -152,13 +167,22 @@ def knn_classify(
         predict_block(tf.constant(test_features[i : i + batch_size])).numpy()
         for i in range(0, len(test_features), batch_size)
     ]
-    return np.concatenate(predictions).astype("int64")
+    return classes[np.concatenate(predictions)] if predictions else np.zeros(0, "int64")
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, **kwargs):
-    """Top-1 accuracy of `knn_classify` (same arguments, plus `test_labels`)."""
+    """Top-1 accuracy of `knn_classify` (same arguments, plus `test_labels`, one per test feature).
+
+    Example:
+
+    >>> kcl.eval.knn_accuracy(train_f, train_y, test_f, test_y, k=20)
+    0.8213
+    """
+    test_labels = check_labels("test_labels", test_labels, len(_check_features("test_features", test_features)), "query")
+    if not len(test_labels):
+        raise ValueError("There are no test features to classify. Received: test_features.shape=(0, D)")
     predictions = knn_classify(train_features, train_labels, test_features, **kwargs)
-    return float(np.mean(predictions == np.asarray(test_labels).reshape(-1)))
+    return float(np.mean(predictions == test_labels))
 
 
 def fit_linear_probe(
@@ -265,13 +289,13 @@ class KNNMonitor(keras.callbacks.Callback):
 
     def __init__(self, train_data, test_data, k=200, temperature=0.1, every=1, batch_size=512):
         super().__init__()
-        if every < 1:
-            raise ValueError(f"`every` must be at least 1. Received: every={every}")
+        self.every = check_positive_int("every", every)
+        self.k = check_positive_int("k", k)
+        self.temperature = check_temperature("temperature", temperature)
         self.train_images, self.train_labels = train_data
         self.test_images, self.test_labels = test_data
-        self.k = k
-        self.temperature = temperature
-        self.every = every
+        self.train_labels = check_labels("train_labels", self.train_labels, len(self.train_images), "image")
+        self.test_labels = check_labels("test_labels", self.test_labels, len(self.test_images), "image")
         self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
@@ -370,21 +394,6 @@ def _check_seed(seed):
     return int(seed)
 
 
-def _check_labels(name, labels):
-    """Labels as a 1-D int64 numpy array, or a `ValueError` naming `name`."""
-    array = np.asarray(labels)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise ValueError(
-            f"`{name}` must be a 1-D array of integer class ids. Received: "
-            f"{name}.shape={array.shape}, {name}.dtype={array.dtype}"
-        )
-    if array.size and array.min() < 0:
-        raise ValueError(f"Class ids must be non-negative. Received: min({name})={array.min()}")
-    return array.astype("int64")
-
-
 def _check_split(name, split, encoder):
     """`(images, labels)` of a split as numpy arrays, checked against `encoder`."""
     if not isinstance(split, (tuple, list)) or len(split) != 2:
@@ -393,7 +402,7 @@ def _check_split(name, split, encoder):
             f"{type(split).__name__}"
             + (f" and length {len(split)}" if isinstance(split, (tuple, list)) else "")
         )
-    images, labels = np.asarray(split[0]), _check_labels(f"{name}_labels", split[1])
+    images, labels = np.asarray(split[0]), check_labels(f"{name}_labels", split[1])
     _check_images(encoder, images)
     if len(images) == 0:
         raise ValueError(f"`{name}` is empty. Received: {name}_images.shape={images.shape}")
@@ -836,7 +845,7 @@ def label_subset(labels, fraction, seed=0):
     >>> indices = kcl.eval.label_subset(y_train, 0.01, seed=0)
     >>> x_labelled, y_labelled = x_train[indices], y_train[indices]
     """
-    labels = _check_labels("labels", labels)
+    labels = check_labels("labels", labels)
     fraction = check_number("fraction", fraction, 0.0, low_open=True)
     if fraction > 1:
         raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction!r}")
@@ -899,7 +908,7 @@ def save_label_subset(indices, path, labels, fraction, seed):
     >>> indices = kcl.eval.label_subset(y_train, 0.1, seed=0)
     >>> kcl.eval.save_label_subset(indices, "subsets/fmnist_10pc.json", y_train, 0.1, 0)
     """
-    labels = _check_labels("labels", labels)
+    labels = check_labels("labels", labels)
     indices = _check_indices("indices", indices, len(labels))
     record = {
         "format": _SUBSET_FORMAT,
@@ -920,7 +929,7 @@ def save_label_subset(indices, path, labels, fraction, seed):
 
 def _read_label_subset(path, labels):
     """`(indices, record)` of a subset file, checked against `labels`."""
-    labels = _check_labels("labels", labels)
+    labels = check_labels("labels", labels)
     try:
         with open(path) as f:
             record = json.load(f)
@@ -1114,9 +1123,9 @@ def _load_tfds_split(name, split, data_dir, limit, size, channels):
             f"{first_line}. Received: dataset={name!r}"
         ) from error
     except Exception as error:  # download, manual-download or preparation failures
-        raise RuntimeError(
+        raise ValueError(
             f"tensorflow_datasets could not load the dataset {name!r} (split {split!r}, "
-            f"data_dir={data_dir!r}): {type(error).__name__}: {error}"
+            f"data_dir={data_dir!r}): {type(error).__name__}: {error}. Received: dataset={name!r}"
         ) from error
     image_spec, label_spec = dataset.element_spec
     if image_spec.shape.rank != 3 or not label_spec.dtype.is_integer:

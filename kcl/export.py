@@ -17,13 +17,13 @@ or, inside a Keras model, `keras.layers.TFSMLayer("saved_model",
 call_endpoint="serving_default")`.
 """
 
-import numbers
 import os
 
 import keras
 import tensorflow as tf
 
 from kcl import files
+from kcl.checks import check_size
 
 
 def _encoder_of(model):
@@ -94,7 +94,7 @@ def export_saved_model(model, path, image_size=None, verbose=True, raw_features=
         model: a kcl method (its `encoder` is exported) or an encoder
             `keras.Model` taking float images in [0, 1].
         path: output directory. Its parent must be writable.
-        image_size: `(height, width)` fed to the encoder; defaults to the
+        image_size: `(height, width)` (or one int, a square) fed to the encoder; defaults to the
             encoder's static input size, or, for an encoder of any size, to
             the size of the first view of `model.augmenter`.
         verbose: print the signature. Defaults to `True`.
@@ -119,14 +119,8 @@ def export_saved_model(model, path, image_size=None, verbose=True, raw_features=
         raise ValueError(
             f"`model` must be a kcl method or a keras.Model encoder. Received: model={model!r}"
         )
-    if image_size is not None and not (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in image_size)
-    ):
-        raise ValueError(
-            f"`image_size` must be (height, width), two positive integers. Received: image_size={image_size!r}"
-        )
+    if image_size is not None:
+        image_size = check_size("image_size", image_size)
     probe = files.existing_ancestor(path)
     if not os.path.isdir(probe):
         raise ValueError(

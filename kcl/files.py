@@ -1,6 +1,7 @@
 """Small file helpers shared by the CLI, checkpoints, export and conversion."""
 
 import hashlib
+import json
 import os
 
 
@@ -11,6 +12,30 @@ def digest(path, algorithm="sha256"):
         for block in iter(lambda: f.read(1 << 20), b""):
             hasher.update(block)
     return hasher.hexdigest()
+
+
+def read_json(path, name):
+    """The JSON document in the file `path`, or a `ValueError` naming the file and `name`.
+
+    A cut-off or edited file (a failed download, a full disk) is reported
+    with the file, where the text breaks off and the fix, instead of
+    `json`'s bare `JSONDecodeError`.
+
+    Args:
+        path: the file to read.
+        name: the argument or flag the file came from, for the message's
+            `Received: name=value` (e.g. `"name_or_dir='presets/x'"`).
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        cut = " (the text stops there: the file is cut off)" if error.pos >= len(text.rstrip()) else ""
+        raise ValueError(
+            f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}{cut}. "
+            f"Write or download it again. Received: {name}"
+        ) from None
 
 
 def check_not_a_file(path, name):

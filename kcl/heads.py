@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, layers
-from kcl.checks import check_number, check_positive_int
+from kcl.checks import check_positive_int, check_temperature
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -311,7 +311,7 @@ class QuantisationHead(augment.SeededLayer):
         self.num_codebooks = check_positive_int("num_codebooks", num_codebooks)
         self.codebook_size = check_positive_int("codebook_size", codebook_size)
         self.output_dim = check_positive_int("output_dim", output_dim)
-        self.temperature = check_number("temperature", temperature, 0, low_open=True)
+        self.temperature = check_temperature("temperature", temperature)
         if entry_dim is None:
             entry_dim = max(1, self.output_dim // self.num_codebooks)
         self.entry_dim = check_positive_int("entry_dim", entry_dim)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcl import distribute
+from kcl.checks import check_temperature
 
 # Logit given to masked-out entries (a view compared with itself). Far below
 # any cosine / temperature (|s / t| <= 1 / t), and representable in float32,
@@ -64,11 +65,12 @@ def _static_scalar(value):
 
 
 def _check_temperature(temperature):
+    # A tensor whose value is known only at run time passes; anything else
+    # must be a finite number > 0.
     value = _static_scalar(temperature)
-    if value is not None and not value > 0:
-        raise ValueError(
-            f"Argument `temperature` must be > 0. Received: temperature={value}"
-        )
+    if value is None and tf.is_tensor(temperature):
+        return
+    check_temperature("temperature", temperature if value is None else value)
 
 
 def _check_margin(margin):
@@ -795,8 +797,7 @@ def sinkhorn(scores, epsilon=0.05, iterations=3, column_weights=None):
     """
     scores = _as_float32("scores", scores)
     _check_rank("scores", scores, 2, "[batch, num_prototypes]")
-    if not (isinstance(epsilon, numbers.Real) and epsilon > 0):
-        raise ValueError(f"Argument `epsilon` must be a positive float. Received: epsilon={epsilon!r}")
+    epsilon = check_temperature("epsilon", epsilon)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(
             f"Argument `iterations` must be a positive integer. Received: iterations={iterations!r}"

@@ -64,7 +64,7 @@ import keras
 import tensorflow as tf
 
 import kcl
-from kcl import backbones, methods
+from kcl import backbones, files, methods
 
 # kcl.methods does not import NNCLR yet; importing its module registers the
 # class with kcl.methods.get (cards name "NNCLR") and with Keras'
@@ -115,8 +115,7 @@ def cards():
     """Every card, `{name: card}`, read afresh from the JSON files (the caller's to change)."""
     cards = {}
     for path in sorted(_cards_dir().glob("*.json")):
-        with open(path, encoding="utf-8") as f:
-            card = json.load(f)
+        card = files.read_json(path, f"card={path.name}")
         missing = [key for key in _REQUIRED_CARD_KEYS if key not in card]
         if missing:
             raise ValueError(f"The card {path} lacks the keys {missing}. Received: keys={sorted(card)}")
@@ -198,8 +197,7 @@ def _read_metadata(directory):
     path = pathlib.Path(directory) / METADATA_FILE
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return files.read_json(path, f"name_or_dir={str(directory)!r}")
 
 
 def _load_weights(model, path, name):
@@ -266,20 +264,49 @@ def _load_preset_dir(directory):
             f"A preset directory holds {CONFIG_FILE}, {METADATA_FILE} and "
             f"{WEIGHTS_FILE}; {config_path} is missing. Received: name_or_dir={str(directory)!r}"
         )
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = files.read_json(config_path, f"name_or_dir={str(directory)!r}")
     try:
         # Safe mode: only registered classes (kcl's and Keras'), no Python
         # lambdas or bytecode; the safe-mode scope reaches every nested
         # object (encoder layers, heads, augmenter).
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except (TypeError, ValueError) as error:
+        # Keras' message nests one "could not be deserialized" per level and
+        # repeats each level's whole config (70,000 characters for a
+        # ResNet): only the innermost cause says what is wrong.
+        named = ", ".join(_foreign_callables(config))
         raise ValueError(
-            f"The preset at {directory} could not be rebuilt in Keras safe mode "
-            "(presets may hold registered classes only: no Python lambdas, no "
-            "unregistered custom layers, no pickled code). Cause: "
-            f"{error} Received: name_or_dir={str(directory)!r}"
-        ) from error
+            f"The preset at {directory} cannot be rebuilt in Keras safe mode: {_first_sentence(error)}"
+            + (f" ({CONFIG_FILE} names {named})" if named else "")
+            + ". A preset may name registered classes only (kcl's and Keras'): no Python lambdas, "
+            "no arbitrary functions, no unregistered custom layers. Load only presets you trust, or "
+            "build the model in code and save it with model.save_to_preset. "
+            f"Received: name_or_dir={str(directory)!r}"
+        ) from None
+
+
+def _first_sentence(error):
+    """The first sentence of the innermost cause of `error`, on one line."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split())
+    return text.split(". ")[0].rstrip(".")[:300]
+
+
+def _foreign_callables(config):
+    """`module.name` of every function or lambda a serialised config names outside Keras and kcl."""
+    found = []
+    if isinstance(config, dict):
+        if config.get("class_name") in ("function", "__lambda__"):
+            module = str(config.get("module") or "")
+            if not module.startswith(("keras", "kcl")):
+                found.append(f"{module}.{config.get('config')}" if module else "a Python lambda")
+        for value in config.values():
+            found += _foreign_callables(value)
+    elif isinstance(config, (tuple, type([]))):
+        for value in config:
+            found += _foreign_callables(value)
+    return found
 
 
 REMOTE_SCHEMES = ("hf://", "kaggle://")
@@ -528,6 +555,13 @@ def load(name_or_dir, weights=None):
         return _from_archive(os.fspath(weights), lambda directory: load(name, directory))
     path = pathlib.Path(name)
     if path.is_dir():
+        if weights == "imagenet":
+            raise ValueError(
+                "weights='imagenet' converts the authors' published checkpoint of a zoo card "
+                "(a name such as 'mocov2_r50'); a preset folder brings its own weights. Pass "
+                "weights=None for them, 'random', or another preset folder or .weights.h5 file. "
+                "Received: weights='imagenet'"
+            )
         model = _load_preset_dir(path)
         if weights is None:
             weights = path

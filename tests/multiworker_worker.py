@@ -4,10 +4,11 @@ Usage: ``TF_CONFIG=... python tests/multiworker_worker.py OUT_DIR``
 
 Builds a `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` (gRPC
 between the workers, RING collectives on CPU) at program start, then, for
-SimCLR and NNCLR in turn: builds the model under the strategy's scope with a
-tiny encoder and the method's default augmenter, fits it for `STEPS` SGD
-steps with the method's own `train_step` on raw uint8 images (global batch
-`GLOBAL_BATCH`, split evenly over the workers), and writes with `np.savez`
+SimCLR, NNCLR and PIC in turn: builds the model under the strategy's scope
+with a tiny encoder and the method's default augmenter, fits it for `STEPS`
+SGD steps with the method's own `train_step` on raw uint8 images (global
+batch `GLOBAL_BATCH`, split evenly over the workers; PIC's from its
+sliding-window dataset, with the instance indices), and writes with `np.savez`
 
 - ``OUT_DIR/<method>_initial_<task>.npz``: every model variable before `fit`,
 - ``OUT_DIR/<method>_final_<task>.npz``: every model variable after `fit`
@@ -35,7 +36,7 @@ SIZE = 16
 CHANNELS = 1
 NUM_CLASSES = 10
 LEARNING_RATE = 0.01
-METHODS = ("simclr", "nnclr")
+METHODS = ("simclr", "nnclr", "pic")
 
 
 def images_and_labels():
@@ -65,16 +66,24 @@ def dataset(method):
     """
     import tensorflow as tf
 
+    import kcl
+
     images, labels = images_and_labels()
-    data = (images, labels) if method == "nnclr" else images
-    ds = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH, drop_remainder=True)
+    if method == "pic":  # {"images", "index"}: one window of all the images, in a seeded order
+        scheduler = kcl.data.SlidingWindowScheduler(len(images), window=len(images), stride=len(images))
+        ds = kcl.data.sliding_window_dataset(images, scheduler, GLOBAL_BATCH, epochs=1)
+    else:
+        data = (images, labels) if method == "nnclr" else images
+        ds = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
 
 
-def tiny_encoder():
+def tiny_encoder(size=SIZE):
     """Two strided convolutions with synchronized batch norm and global pooling: 16 features.
+
+    `size=None` takes images of any size (PIC's multi-crop views).
 
     Chosen for a well-conditioned step. The 1/8-width ResNet-18 of
     tests/methods/checks.py amplifies float round-off several hundred times
@@ -88,7 +97,7 @@ def tiny_encoder():
     layers = keras.layers
     return keras.Sequential(
         [
-            keras.Input((SIZE, SIZE, CHANNELS)),
+            keras.Input((size, size, CHANNELS)),
             layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1"),
             layers.BatchNormalization(synchronized=True, name="bn1"),
             layers.ReLU(name="relu1"),
@@ -124,6 +133,14 @@ def build(method):
             prediction_hidden_dims=(32,),
             queue_size=2 * GLOBAL_BATCH,  # wraps around within the 3 steps
             num_classes=NUM_CLASSES,
+        )
+    elif method == "pic":
+        model = kcl.methods.PIC(
+            tiny_encoder(size=None),
+            augmenter=kcl.methods.PIC.default_augmenter(SIZE, small_size=8, seed=1),
+            num_instances=GLOBAL_BATCH * STEPS,
+            projection_hidden_dims=(32,),
+            projection_dim=16,
         )
     else:
         raise ValueError(f"unknown method {method!r}")

@@ -26,6 +26,8 @@ import json
 import os
 import pathlib
 import re
+import shutil
+import subprocess
 import sys
 
 import keras
@@ -40,6 +42,7 @@ from tests.methods.checks import random_images, random_views, tiny_encoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16  # images and views are SIZE x SIZE x 1 throughout
+MAX_MESSAGE = 700  # characters of one error message (a preset's config was 69,600)
 
 # Text that only a stack trace or a TensorFlow runtime error carries.
 INTERNALS = (
@@ -123,10 +126,11 @@ class Resources:
         """SimCLR without augmenter: fed precomputed views."""
         return self.simclr(augmenter=False)
 
-    def pic(self):
+    def pic(self, **augment):
+        """PIC over 8 instances; `augment` goes to its default augmenter (e.g. crops the encoder takes)."""
         model = kcl.methods.PIC(
             self.encoder, num_instances=8, num_negatives=4, projection_hidden_dims=(16,),
-            augmenter=kcl.methods.PIC.default_augmenter(SIZE),
+            augmenter=kcl.methods.PIC.default_augmenter(SIZE, **augment),
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         return model
@@ -265,6 +269,80 @@ def _idx_file(ctx):
 
 def _export_to_a_file(ctx):
     kcl.export.export_saved_model(ctx.res.encoder, ctx.res.a_file, verbose=False)
+
+
+def _two_batches(first, second):
+    """A dataset of the batches `first` then `second` (same structure)."""
+    return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(lambda a, b: np.stack([a, b]), first, second))
+
+
+def _later_batch_nan(ctx):
+    good = ctx.res.images.astype("float32")
+    fit(ctx.res.simclr(encoder=tiny_encoder(SIZE, 1)), _two_batches(good, with_nan(ctx.res.images)))
+
+
+def _later_batch_nan_xla(ctx):
+    model = ctx.res.simclr(encoder=tiny_encoder(SIZE, 1))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True)  # XLA drops the step's assertions
+    fit(model, _two_batches(ctx.res.images.astype("float32"), with_nan(ctx.res.images)))
+
+
+def _later_batch_labels(ctx):
+    images = ctx.res.images
+    fit(ctx.res.probe_model, _two_batches((images, np.zeros(8, "int64")), (images, np.full(8, 7, "int64"))))
+
+
+def _later_batch_index(ctx):
+    images = ctx.res.images[:4]  # PIC's 4 negatives need batches of 4
+    first, second = {"images": images, "index": np.arange(4)}, {"images": images, "index": np.arange(4) + 8}
+    fit(ctx.res.pic(small_size=SIZE), _two_batches(first, second))  # small crops of the encoder's 16x16
+
+
+def _overflowing_step(ctx):
+    model = ctx.res.simclr(encoder=tiny_encoder(SIZE, 1))
+    model.compile(optimizer=keras.optimizers.SGD(1e38))  # the first update overflows; its loss is finite
+    fit(model, dataset(ctx.res.images))
+
+
+class _PoisonStatistics(keras.callbacks.Callback):
+    """Sets a batch-norm moving mean to NaN after the step, before the checkpoint listed after it."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = next(v for v in self.model.encoder.variables if "moving_mean" in v.path)
+        mean.assign(np.full(mean.shape, np.nan, "float32"))
+
+
+def _checkpoint_of_nan_statistics(ctx):
+    model = ctx.res.simclr(encoder=tiny_encoder(SIZE, 1))
+    fit(model, dataset(ctx.res.images),
+        callbacks=[_PoisonStatistics(), kcl.callbacks.Checkpoint(str(ctx.tmp / "ckpt"), every=1, verbose=0)])
+
+
+@functools.cache
+def _preset(root):
+    """A preset folder of a tiny SimCLR (written once) and its config."""
+    path = pathlib.Path(root) / "preset"
+    kcl.methods.SimCLR(tiny_encoder(SIZE, 1), projection_hidden_dims=(16,), projection_dim=8).save_to_preset(str(path))
+    return path
+
+
+def _preset_copy(ctx, edit):
+    """A copy of the tiny preset whose config.json text went through `edit`."""
+    path = ctx.tmp / "preset"
+    shutil.copytree(_preset(ctx.res.root), path)
+    config = path / "config.json"
+    config.write_text(edit(config.read_text()))
+    return str(path)
+
+
+def _names_os_system(text):
+    """The config with its first ReLU layer turned into Activation(os.system): an arbitrary callable."""
+    config = json.loads(text)
+    layer = next(lay for lay in config["config"]["encoder"]["config"]["layers"] if lay["class_name"] == "ReLU")
+    layer["class_name"] = "Activation"
+    layer["config"] = {"name": layer["config"]["name"], "activation": {
+        "module": "os", "class_name": "function", "config": "system", "registered_name": "function"}}
+    return json.dumps(config)
 
 
 API = "ContrastiveModel.fit"
@@ -459,6 +537,43 @@ API_CASES = [
          lambda ctx: kcl.data.pretrain_dataset(ctx.res.images, batch_size=4, initial_step=2), r"needs `epochs`.*initial_step=2"),
     Case("nan-loss", f"{API}(callbacks)", "a loss that becomes NaN (here: a weight set to NaN)", _nan_loss,
          r"nan at step 1 .*No checkpoint was written.*loss=nan", error=kcl.callbacks.NonFiniteLossError),
+    # Every batch, not only the first (kcl.guard): the step is not applied.
+    Case("later-batch-nan-pixel", f"{API}(x)", "a NaN pixel in the second batch of a dataset",
+         _later_batch_nan, r"batch at step 2 \(epoch 1, step 2 of 2\) holds NaN or Inf in `images`.*"
+         r"before the step was applied.*Received: images with 1 non-finite values", error=kcl.guard.BadBatchError),
+    Case("later-batch-nan-pixel-xla", f"{API}(x)", "a NaN pixel in the second batch, XLA-compiled step",
+         _later_batch_nan_xla, r"batch at step 2 \(epoch 1, step 2 of 2\) holds NaN or Inf in `images`.*"
+         r"before the step was applied", error=kcl.guard.BadBatchError),
+    Case("later-batch-labels-out-of-range", f"{API}(y)", "labels >= num_classes in the second batch",
+         _later_batch_labels, r"batch at step 2 .*`labels` outside the whole numbers in \[0, 2\).*labels in \[7, 7\]",
+         error=kcl.guard.BadBatchError),
+    Case("later-batch-index-out-of-range", f"{API}(x['index'])", "PIC instance indices >= num_instances in the second batch",
+         _later_batch_index, r"batch at step 2 .*`index` outside the whole numbers in \[0, 8\).*index in \[8, 11\]",
+         error=kcl.guard.BadBatchError),
+    Case("step-makes-weights-non-finite", f"{API}(callbacks)", "a step whose update overflows (loss still finite)",
+         _overflowing_step, r"At step 1 .*variables became NaN or Inf.*not checkpointed.*non-finite variables",
+         error=kcl.guard.NonFiniteStateError),
+    Case("checkpoint-of-non-finite-state", "kcl.callbacks.Checkpoint.save", "a batch-norm statistic set to NaN before a checkpoint",
+         _checkpoint_of_nan_statistics, r"Refusing to write the checkpoint of step 1: 1 variables hold NaN or Inf \(.*moving_mean\)",
+         error=kcl.guard.NonFiniteStateError),
+    # One validator per kind of argument (kcl.checks).
+    Case("knn-labels-fewer-than-queries", "kcl.eval.knn_accuracy(test_labels)", "5 queries and 1 test label",
+         lambda ctx: kcl.eval.knn_accuracy(np.eye(4), np.arange(4), np.ones((5, 4)), np.zeros(1, "int64"), k=2),
+         r"one label per query \(5\).*test_labels\.shape=\(1,\)"),
+    Case("swav-temperature-inf", "SwAV(temperature)", "temperature=inf (nothing would be learned)",
+         lambda ctx: kcl.methods.SwAV(ctx.res.encoder, temperature=float("inf")), r"finite number > 0.*temperature=inf"),
+    Case("num-classes-not-a-number", "SimCLR(num_classes)", "num_classes=NaN",
+         lambda ctx: ctx.res.simclr(num_classes=float("nan")), r"integer of at least 2.*num_classes=nan"),
+    # Presets: the cause and the file, never the config.
+    Case("zoo-preset-names-a-function", "kcl.zoo.load(name_or_dir)", "a preset whose config.json names os.system",
+         lambda ctx: kcl.zoo.load(_preset_copy(ctx, _names_os_system)),
+         r"cannot be rebuilt in Keras safe mode: Could not locate function 'system' \(config\.json names os\.system\)"),
+    Case("zoo-config-cut-off", "kcl.zoo.load(name_or_dir)", "a cut-off config.json",
+         lambda ctx: kcl.zoo.load(_preset_copy(ctx, lambda text: text[: len(text) // 2])),
+         r"config\.json is not valid JSON: .*the file is cut off.*name_or_dir="),
+    Case("zoo-folder-with-imagenet-weights", "kcl.zoo.load(weights)", "weights='imagenet' for a preset folder",
+         lambda ctx: kcl.zoo.load(str(_preset(ctx.res.root)), weights="imagenet"),
+         r"a preset folder brings its own weights.*weights='imagenet'"),
 ]
 
 
@@ -686,6 +801,9 @@ CLI_CASES = [
          lambda ctx: evaluate_model(ctx, fake_saved_model(ctx)), r"saved_model\.pb.*export the model again.*--model="),
     Case("cli-eval-model-archive-missing", "--model", "a preset archive that does not exist",
          lambda ctx: ["eval", "--model", str(ctx.tmp / "gone.tgz")], r"No such preset archive.*--model="),
+    Case("cli-eval-model-preset-names-a-function", "--model", "a preset whose config.json names os.system",
+         lambda ctx: evaluate_model(ctx, _preset_copy(ctx, _names_os_system)),
+         r"cannot be rebuilt in Keras safe mode: Could not locate function 'system' \(config\.json names os\.system\)"),
     Case("cli-eval-model-preset-incomplete", "--model", "a preset folder without its model.weights.h5",
          lambda ctx: evaluate_model(ctx, os.path.dirname(write(ctx, "config.json", "{}"))),
          r"could not be loaded as a preset.*No weights file.*--model="),
@@ -779,6 +897,8 @@ def test_python_api_bad_input(case, ctx):
     record(case, message)
     assert_no_internals(message)
     assert "Received: " in message, f"no 'Received: name=value' in {message!r}"
+    # One readable line: the cause, the file, the fix; never a whole config.
+    assert "\n" not in message and len(message) <= MAX_MESSAGE, f"{len(message)} characters: {message[:300]}"
 
 
 @pytest.mark.parametrize("case", params(CLI_CASES))
@@ -798,6 +918,54 @@ def test_cli_bad_input(case, ctx, capsys):
     record(case, errors[0])
     assert (case.needle or case.where) in errors[0], errors[0]
     assert re.search(case.match, errors[0]), errors[0]
+    assert len(errors[0]) <= MAX_MESSAGE + len(prefix) + 200, f"{len(errors[0])} characters: {errors[0][:300]}"
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ValueError("A bad value.\nReceived: x=1"), 2),
+        (FileNotFoundError("No such file. Received: path='a'"), 2),
+        (PermissionError(13, "Permission denied", "out/model.keras"), 2),
+        (ConnectionError("Could not download the checkpoint: offline."), 2),
+        (ImportError("Plots need matplotlib: pip install 'kcl[plots]'"), 2),
+        (kcl.callbacks.CorruptCheckpointError("manifest.json is missing"), 2),
+        (kcl.guard.BadBatchError("The batch at step 2 holds NaN. Received: images with 1 non-finite values"), 2),
+        (kcl.guard.NonFiniteStateError("At step 3, 2 variables became NaN or Inf. Received: 2 non-finite variables"), 1),
+        (kcl.callbacks.NonFiniteLossError("The loss is nan at step 3. Received: loss=nan"), 1),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_the_cli_reports_every_error_kcl_raises_on_purpose_in_one_line(monkeypatch, capsys, error, code):
+    def command(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_export", command)
+    assert cli.main(["export", "--model", "m.keras", "--out", "out"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kcl export: error: "), err
+    assert_no_internals(err)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def command(args):
+        raise KeyError("a bug in kcl")
+
+    monkeypatch.setattr(cli, "cmd_export", command)
+    with pytest.raises(KeyError, match="a bug in kcl"):
+        cli.main(["export", "--model", "m.keras", "--out", "out"])
+
+
+@pytest.mark.parametrize("command", ["console script", "python -m kcl.cli"])
+def test_the_cli_prints_no_tensorflow_start_up_notices(command):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TF_CPP", "PYTEST"))}
+    script = pathlib.Path(sys.executable).with_name("kcl")
+    if command == "console script" and not script.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    argv = [str(script)] if command == "console script" else [sys.executable, "-m", "kcl.cli"]
+    done = subprocess.run([*argv, "pretrain", "--epochs", "0"], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert done.returncode == 2
+    assert done.stderr == "kcl pretrain: error: --epochs must be at least 1. Received: --epochs=0\n", done.stderr
 
 
 def test_ids_are_distinct():

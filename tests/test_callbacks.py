@@ -1,4 +1,4 @@
-"""kcl.callbacks.Checkpoint: exact resume after SIGKILL, damaged checkpoints, NaN losses."""
+"""kcl.callbacks.Checkpoint: exact resume after SIGKILL, damaged checkpoints, NaN losses and the guard."""
 
 import glob
 import json
@@ -13,6 +13,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kcl
 from tests import resume_worker as worker
@@ -98,15 +99,65 @@ def _fit(directory, interrupt_after=None, every=1, keep=3):
     return model, checkpoint
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_heals(tmp_path, reference, capsys):
     directory = str(tmp_path / "ckpt")
     _fit(directory, interrupt_after=5)
     assert sorted(_steps(directory)) == [3, 4, 5]
     with open(os.path.join(directory, "ckpt-000000005", "state.npz"), "r+b") as f:
         f.truncate(100)  # a disk that lost the end of the file
-    with pytest.warns(UserWarning, match="Skipping the damaged checkpoint .*ckpt-000000005"):
+    with pytest.warns(UserWarning, match="Skipping the damaged checkpoint .*ckpt-000000005.*resuming from the previous one, .*ckpt-000000004"):
         model, _ = _fit(directory)
     assert_same_state(worker.state(model), reference["mocov2"], "mocov2 resumed from step 4")
+    # Step 5 was written anew when training passed it; the damaged one is kept aside.
+    kcl.callbacks.read(os.path.join(directory, "ckpt-000000005"))
+    assert os.path.isdir(os.path.join(directory, "damaged-ckpt-000000005"))
+    final = kcl.callbacks.read(os.path.join(directory, f"ckpt-{worker.EPOCHS * worker.STEPS:09d}"))[1]
+    assert_same_state({k: final[k] for k in reference["mocov2"]}, reference["mocov2"], "the final checkpoint")
+    # The same command again: nothing left to train, and it says so.
+    capsys.readouterr()
+    model, _ = _fit(directory)
+    out = capsys.readouterr().out
+    assert "has finished" in out and "nothing to train" in out, out
+    assert int(model.optimizer.iterations) == worker.EPOCHS * worker.STEPS
+    assert_same_state(worker.state(model), reference["mocov2"], "mocov2 after a rerun of the finished run")
+
+
+def test_a_damaged_only_checkpoint_starts_from_scratch_saying_so_and_is_kept(tmp_path, reference):
+    directory = tmp_path / "ckpt"
+    _fit(str(directory), interrupt_after=1)
+    assert _steps(str(directory)) == [1]
+    (directory / "ckpt-000000001" / "manifest.json").write_text("{cut off")
+    with pytest.warns(UserWarning, match="no usable checkpoint: starting from scratch"):
+        model, checkpoint = _fit(str(directory))
+    assert_same_state(worker.state(model), reference["mocov2"], "mocov2 trained from scratch")
+    assert (directory / "damaged-ckpt-000000001" / "manifest.json").read_text() == "{cut off"
+    assert checkpoint.latest().endswith(f"ckpt-{worker.EPOCHS * worker.STEPS:09d}")
+
+
+class StopAfter(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.step:
+            self.model.stop_training = True
+
+
+def test_fit_stopped_mid_epoch_leaves_a_verified_checkpoint_of_where_it_stopped(tmp_path, reference):
+    directory = str(tmp_path / "ckpt")
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    model = worker.build("mocov2")
+    checkpoint = kcl.callbacks.Checkpoint(directory, every=100, verbose=0)  # no step is a multiple of 100
+    model.fit(worker.dataset("mocov2", images, labels, 0), epochs=worker.EPOCHS, steps_per_epoch=worker.STEPS,
+              callbacks=[StopAfter(2), checkpoint], verbose=0)
+    # Not "the end of epoch 1": the position where fit stopped, read back and verified.
+    assert _steps(directory) == [2]
+    manifest = kcl.callbacks.read(checkpoint.latest())[0]
+    assert (manifest["epoch"], manifest["step_in_epoch"]) == (0, 2)
+    resumed, _ = _fit(directory, every=100)
+    assert_same_state(worker.state(resumed), reference["mocov2"], "mocov2 resumed from the stop at step 2")
 
 
 @pytest.mark.parametrize(
@@ -140,14 +191,98 @@ def test_a_half_written_checkpoint_is_ignored_and_removed(tmp_path):
 
 
 class PoisonAfter(keras.callbacks.Callback):
-    def __init__(self, step):
+    """Sets an encoder variable to NaN after step `step`: its first weight, or the first whose path holds `name`."""
+
+    def __init__(self, step, name=None):
         super().__init__()
-        self.step = step
+        self.step, self.name = step, name
 
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 == self.step:
-            weight = self.model.encoder.trainable_variables[0]
+            encoder = self.model.encoder
+            weight = next(v for v in encoder.variables if self.name in v.path) if self.name else encoder.trainable_variables[0]
             weight.assign(np.full(weight.shape, np.nan, "float32"))
+
+
+def _finite_checkpoints(directory):
+    """Every checkpoint in `directory` holds finite arrays only (asserted); returns their steps."""
+    for path in glob.glob(os.path.join(directory, "ckpt-*")):
+        arrays = kcl.callbacks.read(path)[1]
+        bad = [key for key, array in arrays.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+        assert not bad, f"{path} holds non-finite arrays: {bad}"
+    return sorted(_steps(directory))
+
+
+def test_nan_pixels_in_batch_2_of_3_stop_training_before_that_step_and_nothing_non_finite_is_saved(tmp_path):
+    # Batch 1 is fine, so fit's up-front checks pass; batch 2 holds one NaN pixel.
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    batches = images.astype("float32").reshape(worker.STEPS, worker.BATCH, *images.shape[1:])
+    batches[1, 3, 5, 7, 0] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices((batches, labels.reshape(worker.STEPS, worker.BATCH)))
+    model = worker.build("simclr")
+    directory = str(tmp_path / "ckpt")
+    with pytest.raises(
+        kcl.guard.BadBatchError,
+        match=r"The batch at step 2 \(epoch 1, step 2 of 3\) holds NaN or Inf in `images` \(1 of 2048 values; "
+        r"example 3 of the batch\); training stopped before the step was applied\. The last good checkpoint is "
+        r".*ckpt-000000001 \(step 1\)\..*Received: images with 1 non-finite values",
+    ):
+        model.fit(dataset, epochs=1, callbacks=[kcl.callbacks.Checkpoint(directory, every=1, verbose=0)], verbose=0)
+    assert _finite_checkpoints(directory) == [1]
+    # Nothing of step 2 was applied: the model is the checkpoint of step 1,
+    # batch-norm statistics and random streams included.
+    restored = worker.build("simclr")
+    kcl.callbacks.Checkpoint(directory).restore(restored)
+    assert_same_state(worker.state(model), worker.state(restored), "the model after the refused step")
+
+
+@pytest.mark.parametrize("name, bad, match", [
+    ("simclr", ("label", 5), r"holds `labels` outside the whole numbers in \[0, 3\).*labels in \[5, "),
+    ("pic", ("index", 100), r"holds `index` outside the whole numbers in \[0, 24\).*index in \[1\d\d, "),
+])
+def test_labels_or_instance_indices_out_of_range_in_a_later_batch_stop_before_that_step(tmp_path, name, bad, match):
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    key, shift = bad
+
+    def spoil(step, batch):
+        if name == "pic":
+            batch = dict(batch)
+        else:  # (images, labels) as a dict, to name the key alike
+            batch = {"images": batch[0], "label": batch[1]}
+        batch[key] = tf.where(step == 1, batch[key] + shift, batch[key])
+        return batch
+
+    dataset = worker.dataset(name, images, labels, 0).enumerate().map(spoil)
+    model = worker.build(name)
+    with pytest.raises(kcl.guard.BadBatchError, match=r"The batch at step 2 .*" + match):
+        model.fit(dataset, epochs=1, steps_per_epoch=worker.STEPS, verbose=0)
+    assert int(model.optimizer.iterations) == 1
+
+
+def test_a_step_that_makes_the_weights_non_finite_stops_and_is_not_checkpointed(tmp_path):
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    model = worker.build("simclr")
+    model.compile(optimizer=keras.optimizers.SGD(1e38))  # the first update overflows; its loss is finite
+    directory = str(tmp_path / "ckpt")
+    with pytest.raises(kcl.guard.NonFiniteStateError, match=r"At step 1 \(epoch 1, step 1 of 3\), \d+ variables became NaN or Inf \(.*kernel.*No checkpoint was written before it"):
+        model.fit(worker.dataset("simclr", images, labels, 0), epochs=1, steps_per_epoch=worker.STEPS,
+                  callbacks=[kcl.callbacks.Checkpoint(directory, every=1, verbose=0)], verbose=0)
+    assert _steps(directory) == []
+
+
+def test_the_checkpoint_writer_refuses_non_finite_state(tmp_path):
+    keras.utils.set_random_seed(0)
+    images, labels = worker.data()
+    model = worker.build("simclr")
+    directory = str(tmp_path / "ckpt")
+    with pytest.raises(kcl.guard.NonFiniteStateError, match=r"Refusing to write the checkpoint of step 2: 1 variables hold NaN.*moving_mean.*ckpt-000000001 \(step 1\)"):
+        model.fit(worker.dataset("simclr", images, labels, 0), epochs=1, steps_per_epoch=worker.STEPS,
+                  callbacks=[PoisonAfter(2, "moving_mean"), kcl.callbacks.Checkpoint(directory, every=1, verbose=0)],
+                  verbose=0)
+    assert _finite_checkpoints(directory) == [1]
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):

@@ -34,3 +34,31 @@ def test_number_bounds():
 def test_number_refuses_non_finite_and_non_numbers(value):
     with pytest.raises(ValueError, match="Received: t="):
         checks.check_number("t", value, 0)
+
+
+@pytest.mark.parametrize("value", [0, -1, math.inf, math.nan, "0.1", None, True])
+def test_temperature_refuses_what_cannot_divide_a_score(value):
+    with pytest.raises(ValueError, match=r"`t` must be a finite number > 0\. Received: t="):
+        checks.check_temperature("t", value)
+    assert checks.check_temperature("t", 0.07) == 0.07
+
+
+@pytest.mark.parametrize("value, expected", [(16, (16, 16)), ((28, 32), (28, 32)), ([8, 8], (8, 8)), (np.int64(4), (4, 4))])
+def test_size_is_an_int_or_a_pair(value, expected):
+    assert checks.check_size("image_size", value) == expected
+
+
+@pytest.mark.parametrize("value", [0, (0, 4), (4,), (1, 2, 3), "16", None, 2.5, (4, None)])
+def test_size_refuses_the_rest(value):
+    with pytest.raises(ValueError, match=r"`image_size` must be a positive integer \(a square\) or \(height, width\).*Received: image_size="):
+        checks.check_size("image_size", value)
+
+
+def test_labels_one_per_example():
+    np.testing.assert_array_equal(checks.check_labels("y", [[1], [2]], 2, "image"), [1, 2])
+    with pytest.raises(ValueError, match=r"one label per query \(5\)\. Received: test_labels\.shape=\(1,\)"):
+        checks.check_labels("test_labels", [3], 5, "query")
+    with pytest.raises(ValueError, match=r"integer class ids\. Received: y\.shape=\(2,\), y\.dtype=float64"):
+        checks.check_labels("y", [0.5, 1.0])
+    with pytest.raises(ValueError, match=r"non-negative\. Received: min\(y\)=-1"):
+        checks.check_labels("y", [0, -1])

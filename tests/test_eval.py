@@ -101,8 +101,18 @@ def test_knn_rejects_bad_shapes():
         kcl_eval.knn_classify(train_f[:, :, None], train_y, test_f, k=3)
     with pytest.raises(ValueError, match="same width"):
         kcl_eval.knn_classify(train_f, train_y, test_f[:, :8], k=3)
-    with pytest.raises(ValueError, match="One label per training feature"):
+    with pytest.raises(ValueError, match=r"one label per feature \(\d+\)"):
         kcl_eval.knn_classify(train_f, train_y[:-1], test_f, k=3)
+    with pytest.raises(ValueError, match=r"one label per query \(\d+\)\. Received: test_labels\.shape=\(1,\)"):
+        kcl_eval.knn_accuracy(train_f, train_y, test_f, train_y[:1], k=3)
+
+
+def test_knn_votes_over_the_classes_present_whatever_their_ids():
+    # Labels such as 10**12 cost as much as 0..C-1 (one one-hot column per class present).
+    train_f, train_y, test_f = random_features()
+    ids = np.array([7, 10**12, 3, 10**9])
+    predictions = kcl_eval.knn_classify(train_f, ids[train_y % 4], test_f, k=3)
+    np.testing.assert_array_equal(predictions, ids[kcl_eval.knn_classify(train_f, train_y % 4, test_f, k=3)])
 
 
 def test_pixels_flattens_and_scales():

@@ -2,10 +2,11 @@
 
 Two worker subprocesses (tests/multiworker_worker.py) form a cluster on
 127.0.0.1 through `TF_CONFIG`, one CPU replica each (gRPC, RING
-collectives), and fit SimCLR and NNCLR with their own `train_step` on raw
-uint8 images and their default augmenters: global batch 16 (8 per worker),
-3 SGD steps. This test fits the same models in this process, on one device,
-from the chief's initial variables and on the same global batches, and
+collectives), and fit SimCLR, NNCLR and PIC (from its sliding-window
+dataset) with their own `train_step` on raw uint8 images and their default
+augmenters: global batch 16 (8 per worker), 3 SGD steps. This test fits the
+same models in this process, on one device, from the chief's initial
+variables and on the same global batches, and
 checks that every variable (weights, BN statistics, NNCLR's support set with
 its labels and pointer, augmenter seed states) and the reported loss agree,
 and that the two workers hold bit-identical models. It is DESIGN.md's

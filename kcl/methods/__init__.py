@@ -46,4 +46,4 @@ def get(name):
     return methods[key]
 
 
-__all__ = ["BYOL", "NNCLR", "Contrastive", "PIC", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "SwAV", "get", "names"]
+__all__ = ["BYOL", "NNCLR", "PIC", "Contrastive", "ContrastiveModel", "MoCoV2", "SimCLR", "SimSiam", "SwAV", "get", "names"]

@@ -18,7 +18,12 @@ method contract (DESIGN.md):
   global mean (`kcl.distribute.global_mean`), so the summed gradients are
   those of one device over the same global batch;
 - up-front checks of what `fit` receives, so a user error is a `ValueError`
-  that names the argument, not a TensorFlow stack trace.
+  that names the argument, not a TensorFlow stack trace;
+- the guard (`kcl.guard`): every batch is checked in the graph before its
+  step changes anything (pixels, labels, and instance indices against
+  `num_instances`, which a method keeping a row per training image sets),
+  and the model's variables after it; `fit` reports a failed check as
+  `kcl.guard.BadBatchError` or `NonFiniteStateError`, naming the step.
 
 Image conventions: raw images are `[N, H, W, C]` uint8, or float in
 [0, 255]; views (what the augmenter returns and what the encoder takes) are
@@ -29,12 +34,15 @@ import copy
 import difflib
 import inspect
 import numbers
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kcl import distribute
+from kcl import distribute, guard
+from kcl.callbacks import Checkpoint, describe_step
+from kcl.callbacks import read as read_checkpoint
 from kcl.checks import is_positive_int
 
 
@@ -124,11 +132,12 @@ def _unknown_arguments(cls, kwargs):
     )
 
 
-BATCH_KEYS = ("images", "views", "label", "index", "textures")
+# "path": the file each example came from (strings), named by the guard's messages.
+BATCH_KEYS = ("images", "views", "label", "index", "textures", "path")
 
 
 def _unpack(data):
-    """Splits a `fit` batch into (images, views, labels, index, textures); absent parts are None."""
+    """Splits a `fit` batch into (images, views, labels, index, textures, path); absent parts are None."""
     if isinstance(data, (tuple, list)) and len(data) == 1:
         data = data[0]
     if isinstance(data, dict):
@@ -142,8 +151,56 @@ def _unpack(data):
     if isinstance(data, (tuple, list)):
         # (x, y) or Keras' (x, y, sample_weight); sample weights have no
         # meaning for a self-supervised loss and are ignored.
-        return data[0], None, data[1], None, None
-    return data, None, None, None, None
+        return data[0], None, data[1], None, None, None
+    return data, None, None, None, None, None
+
+
+def _full_batches(x, y, batch_size, fit_kwargs):
+    """`(x, y, batch_size)` for `fit`: arrays become a dataset of full batches when some are left over.
+
+    Only numpy arrays (or a dict of them) whose count `N` is more than one
+    batch and no multiple of it; a dataset, or a `fit` with
+    `validation_split` or `steps_per_epoch`, passes as it is. Pops
+    `shuffle` from `fit_kwargs` when it makes the dataset.
+    """
+    arrays = list(x.values()) if isinstance(x, dict) else [x]
+    if not all(isinstance(a, np.ndarray) for a in arrays) or not arrays:
+        return x, y, batch_size
+    if fit_kwargs.get("validation_split") or fit_kwargs.get("steps_per_epoch"):
+        return x, y, batch_size
+    count = len(arrays[0])
+    batch = min(count, batch_size or 32)  # Keras' default batch size
+    if count % batch == 0:
+        return x, y, batch_size
+    warnings.warn(
+        f"kcl: {count} images make {count // batch} full batches of {batch}; each epoch "
+        f"leaves out {count % batch} of them (other ones each epoch when shuffled), "
+        "since a step needs a full batch. Use a batch size that divides "
+        f"{count} to train on all of them.",
+        stacklevel=3,
+    )
+    dataset = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+    if fit_kwargs.pop("shuffle", True):
+        dataset = dataset.shuffle(count, reshuffle_each_iteration=True)
+    return dataset.batch(batch, drop_remainder=True), None, None
+
+
+class _Position(keras.callbacks.Callback):
+    """Where `fit` is (epoch and step), for the guard's messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.batch = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batch = batch
+
+    def describe(self):
+        """E.g. `"at step 7 (epoch 3, step 1 of 3)"`, the form `kcl.callbacks.Checkpoint` uses."""
+        return describe_step(self.epoch, self.batch + 1, (self.params or {}).get("steps"))
 
 
 def _check_rank_and_channels(images, channels, name):
@@ -199,10 +256,10 @@ class ContrastiveModel(keras.Model):
                 "`encoder` must be a keras.Model or a backbone name from "
                 f"kcl.backbones.names(). Received: encoder={encoder!r}"
             )
-        if num_classes is not None and int(num_classes) < 2:
+        if num_classes is not None and not (is_positive_int(num_classes) and num_classes >= 2):
             raise ValueError(
-                "`num_classes` must be at least 2 (or None for no probe). "
-                f"Received: num_classes={num_classes}"
+                "`num_classes` must be an integer of at least 2 (or None for no probe). "
+                f"Received: num_classes={num_classes!r}"
             )
         self.encoder = encoder
         self.augmenter = augmenter
@@ -389,22 +446,20 @@ class ContrastiveModel(keras.Model):
         self.built = True
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (3.15, TF backend) learns the input shapes from the first
-        # batch of fit/evaluate by reducing it over the replicas
-        # (`strategy.reduce("MEAN", batch)`); under MultiWorkerMirroredStrategy
-        # that is a collective across the workers, which refuses uint8 raw
-        # images. This replica's batch has the same shapes and dtypes.
-        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
-            local = self._distribute_strategy.experimental_local_results
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(lambda v: local(v)[0], next(it))
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        # Under a strategy, Keras (3.15, TF backend) traces `call` on the
+        # first batch of fit/evaluate to create the variables of layers not
+        # yet built (the augmenter's, which have none). `call` takes images,
+        # not a batch dict such as PIC's {"images", "index"}, and the batch
+        # is first reduced over the replicas, which multi-worker collectives
+        # refuse for uint8 images. Every variable of a method exists from its
+        # constructor on, so only the optimizer's slots are left to make.
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------- training
     def _views_and_labels(self, data):
-        images, views, labels, index, textures = _unpack(data)
+        images, views, labels, index, textures, _ = _unpack(data)
         if textures is not None and not getattr(
             getattr(self, "weak_negatives", None), "reads_textures", False
         ):
@@ -457,10 +512,34 @@ class ContrastiveModel(keras.Model):
         )
         return distribute.global_mean(per_example), logits, labels
 
+    def _batch_checks(self, data):
+        """`kcl.guard.batch_checks` of one batch, against the model's classes and instances."""
+        images, views, labels, index, textures, path = _unpack(data)
+        if not isinstance(views, (list, tuple)):
+            views = None  # a stacked tensor, refused by _views_and_labels
+        return guard.batch_checks(
+            images=images, views=views, labels=labels, index=index, textures=textures, path=path,
+            num_classes=self.num_classes, num_instances=getattr(self, "num_instances", None),
+        )
+
     def train_step(self, data):
         # Multi-worker only: the per-replica batch size fit measured (see
         # kcl.distribute.replica_batch_size).
         data = distribute.with_batch_size(data, getattr(self, "_replica_batch_size", None))
+        # The guard (kcl.guard). Every op of the step depends on the batch's
+        # checks, so a bad batch stops the step before anything changes:
+        # weights, batch-norm statistics, queues, random streams. XLA
+        # compiles assertions to nothing; fit then checks the batches in the
+        # input pipeline.
+        with tf.control_dependencies([] if self.jit_compile else self._batch_checks(data)):
+            logs = self._train_step(data)
+        if not self.jit_compile:
+            # Reads of the variables come after the step's writes to them
+            # (tf.function keeps program order per variable).
+            guard.state_check(self.variables, loss=logs["loss"])
+        return logs
+
+    def _train_step(self, data):
         views, labels, index, textures = self._views_and_labels(data)
         # Only methods with weak negatives take textures (and only then).
         extra = {} if textures is None else {"textures": textures}
@@ -531,10 +610,36 @@ class ContrastiveModel(keras.Model):
         `[0, num_classes)`, one per image), an empty dataset, a batch of one
         image, and a global batch that does not split evenly over the
         replicas; each failure is a `ValueError` that names the argument and
-        the fix.
+        the fix. Every later batch is checked in the graph (`kcl.guard`): a
+        bad one stops training before its step with
+        `kcl.guard.BadBatchError`, and variables that become NaN or Inf with
+        `kcl.guard.NonFiniteStateError`, each naming the step and, given a
+        `kcl.callbacks.Checkpoint`, the last good checkpoint.
+
+        Arrays whose number is not a multiple of `batch_size` train on full
+        batches only: each epoch leaves out the last `N mod batch_size`
+        images (others each epoch, when shuffled), with a warning. Queues
+        need full batches, batch norm and contrastive losses more than one
+        image, and replicas an even split.
+
+        Example:
+
+        >>> model.fit(x_train, batch_size=256, epochs=10)  # 60,000 images: 234 steps, 96 left out
         """
         from kcl import data as kcl_data
 
+        callbacks = kwargs.get("callbacks")
+        checkpoint = next((c for c in callbacks or [] if isinstance(c, Checkpoint)), None)
+        epochs, steps = kwargs.get("epochs", 1), kwargs.get("steps_per_epoch")
+        if checkpoint is not None and checkpoint.finished(epochs, steps):
+            # A finished run trains nothing (a resumable dataset is empty past
+            # its last step): its final state is restored, and said so.
+            path = checkpoint.restore(self)
+            print(checkpoint.finished_message(path, read_checkpoint(path)[0]["step"], epochs * steps), flush=True)
+            history = keras.callbacks.History()
+            history.set_model(self)
+            history.on_train_begin()
+            return history
         kcl_data.check_fit_inputs(
             x,
             y,
@@ -545,6 +650,7 @@ class ContrastiveModel(keras.Model):
             image_size=tuple(self.encoder.input_shape[1:3]),
         )
         self.build()
+        x, y, batch_size = _full_batches(x, y, batch_size, kwargs)
         replica_batch = distribute.replica_batch_size(x, self.distribute_strategy)
         if replica_batch != getattr(self, "_replica_batch_size", None):
             self.train_function = None  # traced for another batch size
@@ -553,7 +659,20 @@ class ContrastiveModel(keras.Model):
             # A dataset is shuffled by its own pipeline; Keras' default
             # shuffle=True would only warn that it is ignored.
             kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, batch_size=batch_size, **kwargs)
+            if self.jit_compile:
+                # XLA drops the step's assertions: check the batches as they are read.
+                x = guard.guard_dataset(x, self._batch_checks)
+        position = _Position()
+        if callbacks is None or isinstance(callbacks, (list, tuple)):
+            kwargs["callbacks"] = [*(callbacks or []), position]
+        try:
+            return super().fit(x, y, batch_size=batch_size, **kwargs)
+        except tf.errors.InvalidArgumentError as error:
+            last = "" if checkpoint is None else checkpoint.last_saved()
+            found = guard.error_from(error, position.describe(), last)
+            if found is None:
+                raise
+            raise found from None
 
     def evaluate(self, *args, **kwargs):
         self.build()

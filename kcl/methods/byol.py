@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses, queues
+from kcl.checks import check_temperature
 from kcl.heads import PredictionHead, ProjectionHead
 from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
 
@@ -133,11 +134,7 @@ class BYOL(ContrastiveModel):
                 "`total_steps` must be a positive integer, or None for a "
                 f"constant momentum. Received: total_steps={total_steps!r}"
             )
-        if not (isinstance(weak_temperature, numbers.Real) and weak_temperature > 0):
-            raise ValueError(
-                "`weak_temperature` must be a positive number. "
-                f"Received: weak_temperature={weak_temperature!r}"
-            )
+        weak_temperature = check_temperature("weak_temperature", weak_temperature)
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
         self.attach_weak_negatives(weak_negatives, alpha)
         self.weak_temperature = float(weak_temperature)

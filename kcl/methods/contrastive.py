@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 
 from kcl import backbones, distribute, heads, losses, queues
-from kcl.checks import check_number, check_positive_int
+from kcl.checks import check_number, check_positive_int, check_temperature
 from kcl.methods.base import (
     ContrastiveModel,
     check_fit_index,
@@ -260,7 +260,7 @@ class Contrastive(ContrastiveModel):
         self.projection_hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
         self.projection_dim = check_positive_int("projection_dim", projection_dim)
         self.projection_batch_norm = bool(projection_batch_norm)
-        self.temperature = check_number("temperature", temperature, 0, low_open=True)
+        self.temperature = check_temperature("temperature", temperature)
         self.margin = check_number("margin", margin, 0)
         self.momentum = check_number("momentum", momentum, 0, 1)
         self.queue_size = check_positive_int("queue_size", queue_size)
@@ -275,7 +275,7 @@ class Contrastive(ContrastiveModel):
         self.bank_momentum = check_number("bank_momentum", bank_momentum, 0, 1)
         self.num_codebooks = check_positive_int("num_codebooks", num_codebooks)
         self.codebook_size = check_positive_int("codebook_size", codebook_size)
-        self.gumbel_temperature = check_number("gumbel_temperature", gumbel_temperature, 0, low_open=True)
+        self.gumbel_temperature = check_temperature("gumbel_temperature", gumbel_temperature)
         self.diversity_weight = check_number("diversity_weight", diversity_weight, 0)
         self.context_units = check_positive_int("context_units", context_units)
         self.context_mode = _choice("context_mode", context_mode, ("gru", "attention"))

@@ -1,14 +1,13 @@
 """MoCo v2: momentum contrast with a queue of negatives and an MLP head."""
 
 
-import math
 import numbers
 
 import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses, queues
-from kcl.checks import check_positive_int
+from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead
 from kcl.methods.base import (
     ContrastiveModel,
@@ -113,10 +112,7 @@ class MoCoV2(ContrastiveModel):
         hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
         projection_dim = check_positive_int("projection_dim", projection_dim)
         queue_size = check_positive_int("queue_size", queue_size)
-        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(
-                f"`temperature` must be positive. Received: temperature={temperature!r}"
-            )
+        temperature = check_temperature("temperature", temperature)
         if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
             raise ValueError(
                 f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}"

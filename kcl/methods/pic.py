@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, optimizers
-from kcl.checks import check_positive_int
+from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead
 from kcl.methods.base import (
     ContrastiveModel,
@@ -522,10 +522,7 @@ class PIC(ContrastiveModel):
             "projection_hidden_dims", projection_hidden_dims
         )
         projection_dim = check_positive_int("projection_dim", projection_dim)
-        if not (_is_finite_number(temperature) and temperature > 0):
-            raise ValueError(
-                f"`temperature` must be positive. Received: temperature={temperature!r}"
-            )
+        temperature = check_temperature("temperature", temperature)
         if num_negatives is not None:
             num_negatives = check_positive_int("num_negatives", num_negatives)
             if num_negatives > num_instances:

@@ -1,13 +1,11 @@
 """SimCLR: a simple framework for contrastive learning of visual representations."""
 
-import math
-import numbers
 
 import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses
-from kcl.checks import check_positive_int
+from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead
 from kcl.methods.base import (
     ContrastiveModel,
@@ -90,10 +88,7 @@ class SimCLR(ContrastiveModel):
     ):
         projection_hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
         projection_dim = check_positive_int("projection_dim", projection_dim)
-        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(
-                f"`temperature` must be positive. Received: temperature={temperature!r}"
-            )
+        temperature = check_temperature("temperature", temperature)
         super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
         self.attach_weak_negatives(weak_negatives, alpha)
         self.projection_hidden_dims = projection_hidden_dims

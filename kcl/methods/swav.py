@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from kcl import augment, distribute, losses
-from kcl.checks import check_positive_int
+from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead, Prototypes
 from kcl.methods.base import (
     ContrastiveModel,
@@ -138,9 +138,8 @@ class SwAV(ContrastiveModel):
         hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
         projection_dim = check_positive_int("projection_dim", projection_dim)
         num_prototypes = check_positive_int("num_prototypes", num_prototypes)
-        for name, value in (("temperature", temperature), ("epsilon", epsilon)):
-            if not (isinstance(value, numbers.Real) and value > 0):
-                raise ValueError(f"`{name}` must be a positive float. Received: {name}={value!r}")
+        temperature = check_temperature("temperature", temperature)
+        epsilon = check_temperature("epsilon", epsilon)
         sinkhorn_iterations = check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
         num_large_crops = check_positive_int("num_large_crops", num_large_crops)
         freeze_prototypes_steps = _check_non_negative_int(
