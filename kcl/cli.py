@@ -8,11 +8,13 @@ Run `kcl <command> --help` for every flag.
 """
 
 import argparse
+import datetime
 import importlib.util
 import inspect
 import json
 import math
 import os
+import shlex
 import sys
 import zipfile
 
@@ -812,7 +814,7 @@ def _check_output_dir(path, flag="--out"):
 
 # Flags that do not change what is trained: a resumed run may change them.
 _RESUME_FREE = (
-    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command",
+    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command", "argv",
     "eval_data", "test_limit", "cache", "strict_data",
 )
 # Kept in run.json by kcl.data.UnreadableFilesLog: a record of the run, not a setting.
@@ -1180,6 +1182,16 @@ def cmd_pretrain(args):
         + ("" if probe else "; no online probe: " + ("--no-probe" if args.no_probe else "the training images have no labels")),
         flush=True,
     )
+    # One line per start of this command: how many sittings a run took, where.
+    command = shlex.join(["kcl", *getattr(args, "argv", [])])
+    _append_session(args.out, {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "from_step": start,
+        "total_steps": total,
+        "trained": start < total,
+        "machine": bench.machine(),
+        "command": command,
+    })
     if start < total:
         try:
             model.fit(
@@ -1231,6 +1243,7 @@ def cmd_pretrain(args):
         "jit_compile": settings["jit_compile"],
         "train_seconds": round(train_seconds, 1),
         "machine": bench.machine(),
+        "command": command,
         "evaluation": evaluation,
         "unreadable_files": len(stream.unreadable),
         "knn": table,
@@ -1255,6 +1268,11 @@ def cmd_pretrain(args):
         print(f"kcl: SavedModel for feature extraction: {path}")
     print(f"kcl: done in {train_seconds / 60:.1f} min of training; outputs in {args.out}")
     return metrics
+
+
+def _append_session(out, record):
+    with open(os.path.join(out, "sessions.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _training_data(args, logged):
@@ -1879,6 +1897,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args = parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # a recipe that does not load or fit the flags
         print(f"kcl pretrain: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

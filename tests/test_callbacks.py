@@ -423,6 +423,9 @@ def test_kcl_pretrain_killed_then_run_again_ends_as_if_never_interrupted(tmp_pat
     assert_same_state(a, b, f"kcl pretrain killed after step {killed_at}")
     history = [json.loads(pathlib.Path(d, "history.json").read_text()) for d in (resumed, reference)]
     np.testing.assert_allclose(history[0]["loss"], history[1]["loss"], rtol=1e-5)
+    # Two sittings on record: from step 0, then from the step the kill left.
+    sessions = [json.loads(line) for line in pathlib.Path(resumed, "sessions.jsonl").read_text().splitlines()]
+    assert [s["from_step"] for s in sessions] == [0, killed_at] and all(s["trained"] for s in sessions)
 
 
 def test_kcl_pretrain_refuses_to_resume_with_other_settings(tmp_path, capsys):

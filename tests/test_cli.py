@@ -129,6 +129,11 @@ def test_pretrain_end_to_end_writes_every_output(pretrained):
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["method"] == "SimCLR" and metrics["epochs"] == 1
+    # The command that made the run, and one line per start of it.
+    assert metrics["command"].startswith("kcl pretrain --data ") and metrics["command"].endswith("--quiet")
+    with open(os.path.join(out, "sessions.jsonl")) as f:
+        (session,) = [json.loads(line) for line in f]
+    assert session["trained"] and session["from_step"] == 0 and session["command"] == metrics["command"]
     for row in ("raw pixels", "encoder"):
         assert 0.0 <= metrics["knn"][row]["knn200_weighted"] <= 1.0
         assert 0.0 <= metrics["knn"][row]["nn20_cosine"] <= 1.0
