@@ -28,7 +28,7 @@ data:
 demo: $(STAMP) data
 	$(BIN)/kcl pretrain --method simclr --data fashion_mnist \
 		--backbone resnet18_cifar --width 0.25 --epochs 2 --batch-size 256 \
-		--out $(DEMO_OUT)
+		--compare simclr_r18_fmnist --out $(DEMO_OUT)
 
 # Two pytest workers: most of the suite's time is single-threaded graph
 # tracing, so the two cores of a CI machine halve it. worksteal: an idle

@@ -287,6 +287,14 @@ def build_parser():
     )
     pretrain.add_argument("--no-probe", action="store_true", help="do not train the online linear probe.")
     pretrain.add_argument("--no-export", action="store_true", help="skip the SavedModel export.")
+    pretrain.add_argument(
+        "--compare",
+        action="append",
+        default=None,
+        metavar="CARD",
+        help="also measure this zoo card's shipped encoder in the final kNN table, on the same "
+        "bank and queries (e.g. simclr_r18_fmnist: what its long training gives). Repeatable.",
+    )
     pretrain.add_argument("--seed", type=int, default=0, help="random seed. Default: 0.")
     pretrain.add_argument("--out", default="runs/pretrain", help="output directory. Default: runs/pretrain.")
     pretrain.add_argument(
@@ -814,7 +822,7 @@ def _check_output_dir(path, flag="--out"):
 
 # Flags that do not change what is trained: a resumed run may change them.
 _RESUME_FREE = (
-    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command", "argv",
+    "quiet", "no_export", "knn_every", "knn_bank", "checkpoint_every", "keep_checkpoints", "trust_recipe", "command", "argv", "compare",
     "eval_data", "test_limit", "cache", "strict_data",
 )
 # Kept in run.json by kcl.data.UnreadableFilesLog: a record of the run, not a setting.
@@ -904,14 +912,40 @@ def _optimizer(args, steps_per_epoch, epochs):
     )
 
 
-def _knn_table(train, test, features=None):
-    """kNN accuracies of raw pixels and, when given, of learned features."""
+def _compared_cards(args, size, channels, evaluated):
+    """`{card: model}` for --compare, loaded before training so a wrong name fails at once."""
+    import kcl
+
+    if not args.compare:
+        return {}
+    if not evaluated:
+        raise ValueError(
+            "--compare measures zoo cards in the final kNN table, which this run does not make "
+            f"(it has no labelled evaluation data). Received: --compare={args.compare}"
+        )
+    models = {}
+    for name in args.compare:
+        if name not in kcl.zoo.list():
+            raise ValueError(f"--compare takes a zoo card, one of {kcl.zoo.list()}. Received: --compare={name}")
+        height, width, card_channels = kcl.zoo.card(name)["backbone_args"].get("input_shape", (None, None, None))
+        if card_channels not in (None, channels) or height not in (None, size) or width not in (None, size):
+            raise ValueError(
+                f"--compare: the card {name} takes {height} x {width} x {card_channels} images, this run's "
+                f"data are {size} x {size} x {channels}. Received: --compare={name}"
+            )
+        models[name] = kcl.zoo.load(name)
+    return models
+
+
+def _knn_table(train, test, features=None, others=None):
+    """kNN accuracies of raw pixels and, when given, of learned features (and of `others`: name -> features)."""
     from kcl import eval as kcl_eval
 
     (x_train, y_train), (x_test, y_test) = train, test
     rows = {"raw pixels": (kcl_eval.pixels(x_train), kcl_eval.pixels(x_test))}
     if features is not None:
         rows["encoder"] = features
+    rows.update(others or {})
     # Training sets smaller than k vote with all of their images.
     k200, k20 = min(200, len(y_train)), min(20, len(y_train))
     table = {}
@@ -940,12 +974,13 @@ def _monitor_baseline(args, train, test, table):
 
 def _print_table(table, linear=None, linear_name="linear probe"):
     width = max(13, len(linear_name))
-    header = f"{'features':<12} {'kNN-200 (weighted, t=0.1)':>26} {'20-NN (cosine)':>15}"
+    names = max(12, *(len(name) for name in table))
+    header = f"{'features':<{names}} {'kNN-200 (weighted, t=0.1)':>26} {'20-NN (cosine)':>15}"
     if linear:
         header += f" {linear_name:>{width}}"
     print(header)
     for name, row in table.items():
-        line = f"{name:<12} {row['knn200_weighted'] * 100:>25.2f}% {row['nn20_cosine'] * 100:>14.2f}%"
+        line = f"{name:<{names}} {row['knn200_weighted'] * 100:>25.2f}% {row['nn20_cosine'] * 100:>14.2f}%"
         if linear:
             # A row the linear evaluation skipped (closed_form on large images) shows "-".
             line += f" {linear[name] * 100:>{width - 1}.2f}%" if name in linear else f" {'-':>{width}}"
@@ -1081,6 +1116,7 @@ def cmd_pretrain(args):
         probe = False
         print(f"kcl: no online probe: the number of classes of {train.name} is not recorded.", flush=True)
     size, channels = train.image_size[0], train.channels
+    compared = _compared_cards(args, size, channels, bank is not None)
     parameters = inspect.signature(method_cls).parameters
     scheduler, epochs = None, args.epochs
     if method_cls is not kcl.methods.PIC and (args.window is not None or args.stride is not None):
@@ -1225,7 +1261,11 @@ def cmd_pretrain(args):
     if bank is not None:
         print(f"kcl: evaluating with {len(bank[0])} training images as memory bank ...", flush=True)
         features = (kcl.eval.embed(model, bank[0]), kcl.eval.embed(model, queries[0]))
-        table = _knn_table(bank, queries, features)
+        others = {}
+        for name, card_model in compared.items():
+            print(f"kcl: measuring the zoo card {name} on the same images ...", flush=True)
+            others[name] = (kcl.eval.embed(card_model, bank[0]), kcl.eval.embed(card_model, queries[0]))
+        table = _knn_table(bank, queries, features, others)
         _print_table(table)
     else:
         print(f"kcl: no final kNN evaluation: {evaluation}.", flush=True)

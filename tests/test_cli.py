@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kcl
 from kcl import cli
 from tests.conftest import write_image_folder
 
@@ -688,3 +689,50 @@ def test_eval_transfer_to_a_mock_tfds_dataset(tiny_models, folder, capsys):
     assert code == 0, err
     assert "kcl: transfer by linear evaluation (closed_form) to mnist" in stdout
     assert "| mnist | 20 | 20 | closed_form |" in stdout
+
+
+def test_pretrain_compare_measures_a_zoo_card_on_the_same_bank_and_queries(tmp_path, capsys):
+    from kcl import data
+
+    try:
+        x_train, y_train = data.load_fashion_mnist("train", download=False, verbose=False)
+        x_test, y_test = data.load_fashion_mnist("test", download=False, verbose=False)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed locally (make data)")
+    out = str(tmp_path / "out")
+    argv = [
+        "pretrain", "--method", "simclr", "--data", "fashion_mnist", "--train-limit", "64", "--test-limit", "32",
+        "--backbone", "resnet18_cifar", "--width", "0.125", "--epochs", "1", "--batch-size", "32",
+        "--knn-bank", "64", "--knn-every", "0", "--no-probe", "--no-export", "--quiet",
+        "--compare", "simclr_r18_fmnist", "--out", out,
+    ]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "simclr_r18_fmnist" in stdout  # a row of the printed table
+    with open(os.path.join(out, "metrics.json")) as f:
+        row = json.load(f)["knn"]["simclr_r18_fmnist"]
+    # The shipped encoder measured apart on the run's bank (its 64 training
+    # images) and queries (the first 32 test images) gives the same numbers.
+    card = kcl.zoo.load("simclr_r18_fmnist")
+    bank, queries = kcl.eval.embed(card, x_train[:64]), kcl.eval.embed(card, x_test[:32])
+    assert row["knn200_weighted"] == pytest.approx(
+        kcl.eval.knn_accuracy(bank, y_train[:64], queries, y_test[:32], k=64, temperature=0.1), abs=1e-6
+    )
+    assert row["nn20_cosine"] == pytest.approx(
+        kcl.eval.knn_accuracy(bank, y_train[:64], queries, y_test[:32], k=20, weighted=False), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "compare, needles",
+    [
+        ("simclr_r18_mnist", ["--compare takes a zoo card", "simclr_r18_fmnist", "Received: --compare=simclr_r18_mnist"]),
+        ("simclr_r18_fmnist", ["takes 28 x 28 x 1 images", "16 x 16 x 1", "Received: --compare=simclr_r18_fmnist"]),
+    ],
+)
+def test_pretrain_compare_refuses_what_it_cannot_measure_before_training(folder, tmp_path, capsys, compare, needles):
+    argv = ["pretrain", "--data", folder, "--image-size", "16", "--channels", "1", "--width", "0.125", "--epochs", "1",
+            "--batch-size", "16", "--compare", compare, "--out", str(tmp_path / "o")]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not os.path.exists(tmp_path / "o" / "checkpoints")  # refused before training
