@@ -1,5 +1,5 @@
 # kcl: the two commands of the README, and a few more.
-#   make demo   pretrain SimCLR on Fashion-MNIST, evaluate, plot, export (2-core CPU, 4-7 min)
+#   make demo   pretrain SimCLR on Fashion-MNIST, evaluate, plot, export (2-core CPU: 4 to 25 min, README)
 #   make test   run the test suite
 # Both create the virtual environment and install what they need first.
 
