@@ -925,9 +925,11 @@ def _compared_cards(args, size, channels, evaluated):
         )
     models = {}
     for name in args.compare:
-        if name not in kcl.zoo.list():
-            raise ValueError(f"--compare takes a zoo card, one of {kcl.zoo.list()}. Received: --compare={name}")
-        height, width, card_channels = kcl.zoo.card(name)["backbone_args"].get("input_shape", (None, None, None))
+        try:
+            spec = kcl.zoo.card(name)  # an unknown name: close matches and the known names
+        except ValueError as error:
+            raise ValueError(f"--compare takes a zoo card: {error} Received: --compare={name}") from None
+        height, width, card_channels = spec["backbone_args"].get("input_shape", (None, None, None))
         if card_channels not in (None, channels) or height not in (None, size) or width not in (None, size):
             raise ValueError(
                 f"--compare: the card {name} takes {height} x {width} x {card_channels} images, this run's "
@@ -1219,13 +1221,13 @@ def cmd_pretrain(args):
         flush=True,
     )
     # One line per start of this command: how many sittings a run took, where.
-    command = shlex.join(["kcl", *getattr(args, "argv", [])])
+    command, machine = shlex.join(["kcl", *getattr(args, "argv", [])]), bench.machine()
     _append_session(args.out, {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "from_step": start,
         "total_steps": total,
         "trained": start < total,
-        "machine": bench.machine(),
+        "machine": machine,
         "command": command,
     })
     if start < total:
@@ -1261,10 +1263,9 @@ def cmd_pretrain(args):
     if bank is not None:
         print(f"kcl: evaluating with {len(bank[0])} training images as memory bank ...", flush=True)
         features = (kcl.eval.embed(model, bank[0]), kcl.eval.embed(model, queries[0]))
-        others = {}
-        for name, card_model in compared.items():
-            print(f"kcl: measuring the zoo card {name} on the same images ...", flush=True)
-            others[name] = (kcl.eval.embed(card_model, bank[0]), kcl.eval.embed(card_model, queries[0]))
+        if compared:
+            print(f"kcl: measuring the zoo card(s) {', '.join(compared)} on the same images ...", flush=True)
+        others = {name: (kcl.eval.embed(m, bank[0]), kcl.eval.embed(m, queries[0])) for name, m in compared.items()}
         table = _knn_table(bank, queries, features, others)
         _print_table(table)
     else:
@@ -1282,7 +1283,7 @@ def cmd_pretrain(args):
         "precision": settings["precision"],
         "jit_compile": settings["jit_compile"],
         "train_seconds": round(train_seconds, 1),
-        "machine": bench.machine(),
+        "machine": machine,
         "command": command,
         "evaluation": evaluation,
         "unreadable_files": len(stream.unreadable),
