@@ -51,6 +51,16 @@ FACTOR = 3.0
 # device 4.11e-3, the two-replica figure. On two replicas, a two-pass
 # global-moments `_moments` (all-reduced sum, then all-reduced squared
 # deviations) still gives 4.11e-3: so not the variance formula alone.
+# Sitting 3 (same card and step, one device, grappler and oneDNN rewrites
+# off): the one-pass variance E[x^2] - E[x]^2 in the encoder's batch norms
+# alone gives 4.11e-3 (in the heads' alone 1.4e-6; with or without the
+# clamp); a two-pass variance 1.4e-6 with or without stop_gradient on the
+# mean. On two replicas a two-pass synchronized variance (checked to be the
+# one traced) still gives 4.11e-3, with grappler and oneDNN off too; the
+# difference is spread over every conv kernel (about 1% each, cosine
+# 0.99993, moving statistics equal), and the gradient of an all-reduce sum
+# across replicas is right (checked apart). Two groups, then: {fused,
+# one-device two-pass} and {one-device one-pass, two-replica any}.
 PENDING = {
     "simclr_r18_fmnist": "two replicas differ by 4.1e-3 from one device (noise 1.7e-6): under investigation",
     "byol_r18_fmnist": "two replicas differ by 9.5e-5 from one device (noise 1.4e-6): under investigation",
