@@ -1,6 +1,6 @@
 # kcl: the two commands of the README, and a few more.
 #   make demo   pretrain SimCLR on Fashion-MNIST, evaluate, plot, export (2-core CPU: 4 to 25 min, README)
-#   make test   run the test suite
+#   make test   lint (ruff), then run the test suite
 # Both create the virtual environment and install what they need first.
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ DEMO_OUT ?= runs/demo
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the progress bar.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test data bench install clean
+.PHONY: demo test lint data bench install clean
 
 # A fresh virtual environment with kcl (editable), TensorFlow for CPU,
 # matplotlib for the plots and pytest; redone when the package metadata changes.
@@ -34,8 +34,13 @@ demo: $(STAMP) data
 # tracing, so the two cores of a CI machine halve it. worksteal: an idle
 # worker takes queued tests from the other, so the few minute-long tests
 # (kill-and-resume, recipe smoke runs) do not leave one core idle at the end.
-test: $(STAMP) data
+test: $(STAMP) data lint
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+
+# ruff with the rules of pyproject.toml; the import layers are checked by
+# tests/test_architecture.py inside the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check kcl tests scripts benchmarks recipes
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0

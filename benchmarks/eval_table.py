@@ -2,7 +2,7 @@
 
     python benchmarks/eval_table.py --out runs/eval_table --markdown runs/eval_table/table.md
 
-For each Fashion-MNIST card (`kcl.zoo.list()`, the weights shipped in
+For each Fashion-MNIST card (`kcl.zoo.names()`, the weights shipped in
 saved_models/), on the 60,000 training and 10,000 test images:
 
 - kNN: weighted kNN-200 (t = 0.1) on whole images, `kcl.eval.knn_accuracy`;

@@ -116,7 +116,7 @@ def main(argv=None):
     if not cards:
         import kcl
 
-        cards = [name for name in kcl.zoo.list() if name.endswith("_fmnist")]
+        cards = [name for name in kcl.zoo.names() if name.endswith("_fmnist")]
     print(f"load average before: {load_average()}", flush=True)
     results = []
     for card in cards:

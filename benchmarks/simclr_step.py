@@ -346,7 +346,7 @@ def _import_torch(args):
     try:
         import torch
     except ImportError:
-        raise SystemExit(TORCH_MISSING)
+        raise SystemExit(TORCH_MISSING) from None
     torch.set_num_threads(args.threads or _cores())
     if args.inter_op_threads:
         torch.set_num_interop_threads(args.inter_op_threads)

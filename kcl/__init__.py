@@ -15,7 +15,9 @@ Public modules:
 - `kcl.pictures`: t-SNE and PCA scatter plots, retrieval grids, Grad-CAM saliency.
 - `kcl.report`: the evaluation report (figures, report.md, report.json) of `kcl eval --report`.
 - `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
-- `kcl.zoo`: `load(name_or_dir)`, `list()`, presets, the weights trained here.
+- `kcl.zoo`: `load(name_or_dir)`, `list()`, the cards and the weights trained here.
+- `kcl.presets`: preset folders (keras-hub layout) saved and loaded; `kcl.archives`: preset archives extracted safely.
+- `kcl.recipes`: `kcl pretrain` settings from recipe files and zoo cards.
 - `kcl.convert`: the authors' torchvision-layout checkpoints into kcl backbones.
 """
 
@@ -32,6 +34,7 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "kcl" or "kcl.cli" in
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kcl import (
+    archives,  # noqa: F401
     augment,  # noqa: F401
     backbones,  # noqa: F401
     callbacks,  # noqa: F401
@@ -47,7 +50,9 @@ from kcl import (
     negatives,  # noqa: F401
     optimizers,  # noqa: F401
     pictures,  # noqa: F401
+    presets,  # noqa: F401
     queues,  # noqa: F401
+    recipes,  # noqa: F401
     report,  # noqa: F401
     robustness,  # noqa: F401
     zoo,  # noqa: F401

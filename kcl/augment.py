@@ -21,7 +21,7 @@ state is a Keras variable. Keras does not write seed states into `.keras` and
 `.weights.h5` files, so the ops save and load theirs explicitly: `model.save`,
 `save_weights` and Keras' checkpoint callbacks keep the augmentation stream.
 (A raw `tf.train.Checkpoint` does not see it.) All
-per-image random numbers come from one helper, `_per_image_uniforms`, which
+per-image random numbers come from one helper, `per_image_uniforms`, which
 draws them for the *global* batch and keeps this replica's rows. Augmenting a
 global batch of `B` images split over `R` replicas therefore gives exactly the
 views one device would give for the same `B` images (the distributed rule of
@@ -48,7 +48,7 @@ from kcl.checks import check_positive_int
 # ITU-R BT.601 luma weights (also PIL's "L" conversion and, to 4 digits,
 # torchvision's `rgb_to_grayscale`). They sum to exactly 1, so grey images
 # stay fixed points of the grayscale and saturation ops.
-_LUMA = (0.299, 0.587, 0.114)
+LUMA = (0.299, 0.587, 0.114)
 
 
 # --------------------------------------------------------------------------
@@ -56,12 +56,12 @@ _LUMA = (0.299, 0.587, 0.114)
 # --------------------------------------------------------------------------
 
 
-def _batch_size(x):
+def batch_size_of(x):
     """Static batch size when known, else the dynamic one."""
     return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
 
 
-def _per_image_uniforms(seed_generator, batch_size, num):
+def per_image_uniforms(seed_generator, batch_size, num):
     """Per-image uniforms in `[0, 1)` of shape `[batch_size, num]`.
 
     The single source of randomness of every op in this module. The numbers
@@ -84,7 +84,7 @@ def _grayscale(x):
     """Luma of `[N, H, W, C]` images as `[N, H, W, 1]` (identity for C = 1)."""
     if x.shape[-1] == 1:
         return x
-    return tf.tensordot(x, tf.constant(_LUMA, x.dtype), axes=[[3], [0]])[..., None]
+    return tf.tensordot(x, tf.constant(LUMA, x.dtype), axes=[[3], [0]])[..., None]
 
 
 def _where_per_image(mask, a, b):
@@ -191,7 +191,7 @@ class SeededLayer(keras.layers.Layer):
         return config
 
 
-class _RandomLayer(SeededLayer):
+class RandomLayer(SeededLayer):
     """Base of the random ops: a saved seed generator and float32 computation.
 
     `autocast` is off so that a mixed-precision policy never turns images
@@ -203,7 +203,7 @@ class _RandomLayer(SeededLayer):
         super().__init__(seed=seed, **kwargs)
 
     def _uniforms(self, x, num):
-        return _per_image_uniforms(self.seed_generator, _batch_size(x), num)
+        return per_image_uniforms(self.seed_generator, batch_size_of(x), num)
 
     def _prepare(self, x):
         x = tf.cast(x, "float32")
@@ -220,7 +220,7 @@ class _RandomLayer(SeededLayer):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class RandomResizedCrop(_RandomLayer):
+class RandomResizedCrop(RandomLayer):
     """Crops a random box of random area and aspect ratio, resized to a fixed size.
 
     The box follows torchvision's `RandomResizedCrop.get_params`, vectorised:
@@ -351,7 +351,7 @@ class RandomResizedCrop(_RandomLayer):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class RandomFlip(_RandomLayer):
+class RandomFlip(RandomLayer):
     """Mirrors each image left-right with probability `p`.
 
     Args:
@@ -386,7 +386,7 @@ class RandomFlip(_RandomLayer):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class ColorJitter(_RandomLayer):
+class ColorJitter(RandomLayer):
     """Randomly changes brightness, contrast, saturation and hue, per image.
 
     torchvision's `ColorJitter` semantics, applied to each image with
@@ -512,7 +512,7 @@ class ColorJitter(_RandomLayer):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class RandomGrayscale(_RandomLayer):
+class RandomGrayscale(RandomLayer):
     """Turns each image grey with probability `p`, keeping its channel count.
 
     The grey level is the ITU-R BT.601 luma `0.299 R + 0.587 G + 0.114 B`,
@@ -552,7 +552,7 @@ class RandomGrayscale(_RandomLayer):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class GaussianBlur(_RandomLayer):
+class GaussianBlur(RandomLayer):
     """Blurs each image with probability `p` by a Gaussian of random width.
 
     As in SimCLR and BYOL: `sigma ~ U(sigma)` pixels per image, a kernel of
@@ -613,7 +613,7 @@ class GaussianBlur(_RandomLayer):
                 "GaussianBlur needs static image height and width. "
                 f"Received: images.shape={x.shape}"
             )
-        n = _batch_size(x)
+        n = batch_size_of(x)
         u = self._uniforms(x, 2)
         sigma = _between(u[:, 0], *self.sigma)  # [n]
         blur = u[:, 1] < self.p
@@ -648,7 +648,7 @@ class GaussianBlur(_RandomLayer):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class RandomSolarize(_RandomLayer):
+class RandomSolarize(RandomLayer):
     """Inverts the pixels at or above `threshold` with probability `p` per image.
 
     A solarized pixel is `1 - x` where `x >= threshold` and `x` elsewhere

@@ -27,13 +27,13 @@ References:
       https://arxiv.org/abs/1512.03385)
 """
 
-import difflib
 import numbers
 
 import keras
 from keras import layers as L
 
 from kcl import layers
+from kcl.checks import did_you_mean
 
 # Per-channel statistics of ImageNet, the convention of torchvision models
 # and of every published self-supervised checkpoint. A one-channel input
@@ -103,8 +103,7 @@ def get(name, /, **kwargs):
     TensorShape([2, 128])
     """
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, _REGISTRY)
         raise ValueError(
             f"Unknown backbone. Known names: {', '.join(names())}.{hint} "
             f"Received: name={name!r}"

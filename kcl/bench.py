@@ -247,7 +247,7 @@ def benchmark(
     import keras
     import tensorflow as tf
 
-    import kcl
+    from kcl import backbones, methods
     from kcl.checks import check_positive_int
 
     _check("precision", precision, tuple(PRECISIONS))
@@ -257,7 +257,7 @@ def benchmark(
             raise ValueError(f"`{name}` must be at least {least}. Received: {name}={value}")
     batch_size = check_positive_int("batch_size", batch_size)
     steps_per_execution = check_positive_int("steps_per_execution", steps_per_execution)
-    cls = kcl.methods.get(method)
+    cls = methods.get(method)
     takes_index = "num_instances" in inspect.signature(cls).parameters
     device, device_name = _device()
     if device.startswith("GPU"):
@@ -266,7 +266,7 @@ def benchmark(
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(PRECISIONS[precision])
     try:
-        encoder = kcl.backbones.get(backbone, input_shape=(None, None, channels), width=width)
+        encoder = backbones.get(backbone, input_shape=(None, None, channels), width=width)
         augmenter = cls.default_augmenter(image_size, seed=0)
         arguments = dict(method_args or {})
         if takes_index:  # PIC: one weight row per image

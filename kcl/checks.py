@@ -22,6 +22,7 @@ numbers (`check_number`), temperatures and other scales that divide
 This module imports nothing from kcl, so any module may use it.
 """
 
+import difflib
 import math
 import numbers
 
@@ -105,3 +106,39 @@ def check_labels(name, labels, count=None, what="example"):
     if array.size and array.min() < 0:
         raise ValueError(f"Class ids must be non-negative. Received: min({name})={array.min()}")
     return array.astype("int64")
+
+
+def check_images(encoder, images):
+    """`ValueError` unless `images` is a finite `[N, H, W, C]` batch that `encoder` takes."""
+    shape = tuple(np.shape(images))
+    if len(shape) != 4:
+        raise ValueError(
+            "`images` must be a batch of shape [N, H, W, C] (add a channel axis to "
+            f"grey images: x[..., None]). Received: images.shape={shape}"
+        )
+    want = tuple(getattr(encoder, "input_shape", (None,) * 4))
+    if len(want) == 4 and want[-1] is not None and shape[-1] != want[-1]:
+        raise ValueError(f"The encoder takes {want[-1]}-channel images. Received: images.shape={shape}")
+    if len(want) == 4 and any(w is not None and w != g for w, g in zip(want[1:3], shape[1:3])):
+        raise ValueError(
+            f"The encoder takes {want[1]}x{want[2]} images; resize them to that size. "
+            f"Received: images.shape={shape}"
+        )
+    array = np.asarray(images)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError("`images` contain NaN or Inf. Received: images with non-finite values")
+
+
+def did_you_mean(value, options, n=3):
+    """`" Did you mean 'a' or 'b'?"` for the `n` closest of `options` to `value`, or `""` when none is close.
+
+    The one "did you mean" of kcl's errors: unknown names, choices and
+    arguments.
+
+    Example:
+
+    >>> did_you_mean("simclr_r18_fmnst", ["simclr_r18_fmnist", "byol_r18_fmnist"])
+    " Did you mean 'simclr_r18_fmnist'?"
+    """
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=n)
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""

@@ -18,6 +18,9 @@ import shlex
 import sys
 import zipfile
 
+from kcl.checks import did_you_mean
+from kcl.recipes import load_recipe
+
 
 def _parse_setting(text):
     """`name=value` -> (name, value), the value parsed as JSON when it parses."""
@@ -326,7 +329,7 @@ def build_parser():
         "--model",
         required=True,
         help="a .keras file (kcl method or encoder), a zoo preset name "
-        "(kcl.zoo.list(), e.g. simclr_r18_fmnist), a preset folder or .tar/.tgz/.zip "
+        "(kcl.zoo.names(), e.g. simclr_r18_fmnist), a preset folder or .tar/.tgz/.zip "
         "archive (kcl.zoo.load), or a SavedModel folder (`kcl export`, holding "
         "saved_model.pb; its serving_default signature is called).",
     )
@@ -522,114 +525,6 @@ def build_parser():
     records.add_argument("--seed", type=int, default=0, help="seed of the order of the records. Default: 0.")
     records.add_argument("--quiet", action="store_true", help="no progress bar.")
     return parser
-
-
-# ----------------------------------------------------------------- recipes
-def _kcl_recipes_dir():
-    """kcl's own recipes/ folder, symlinks resolved; None where kcl is not a source checkout."""
-    checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    recipes = os.path.join(checkout, "recipes")
-    # A wheel ships no recipes; only a checkout (setup.cfg next to kcl/) has them.
-    if os.path.isfile(os.path.join(checkout, "setup.cfg")) and os.path.isdir(recipes):
-        return os.path.realpath(recipes)
-    return None
-
-
-def _json_recipe(path, smoke, spec):
-    """The settings of a JSON recipe: parsed as data, never run (see recipes/README.md)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"The recipe is not valid JSON ({error}). Received: --recipe={spec}") from None
-    if not isinstance(recipe, dict):
-        raise ValueError(  # noqa: TRY004 (kcl reports bad arguments as ValueError)
-            f"A JSON recipe is an object of settings. Received: {type(recipe).__name__} from --recipe={spec}"
-        )
-    recipe = dict(recipe)
-    recipe.pop("description", None)  # a note for readers, as a Python recipe's docstring
-    if "config" not in recipe:  # the flat form: the settings alone, no smoke variant
-        if smoke:
-            raise ValueError(
-                'This JSON recipe has no smoke variant; one is given as {"config": {...}, '
-                f'"smoke": {{...}}}}. Received: --recipe={spec}'
-            )
-        return recipe
-    extra = sorted(set(recipe) - {"config", "smoke"})
-    config, overrides = recipe["config"], recipe.get("smoke")
-    if extra or not isinstance(config, dict) or not isinstance(overrides, (dict, type(None))):
-        raise ValueError(
-            'A JSON recipe with "config" holds an object "config", optionally an object "smoke" '
-            f'and a "description". Received: keys={sorted(recipe)} from --recipe={spec}'
-        )
-    if not smoke:
-        return config
-    if overrides is None:
-        raise ValueError(f'This JSON recipe has no "smoke" variant. Received: --recipe={spec}')
-    config = dict(config)
-    for name, value in overrides.items():
-        # Objects (set, augment) are updated key by key, as card_recipe's
-        # smoke_set and smoke_augment; any other value replaces the config's.
-        if isinstance(value, dict) and isinstance(config.get(name), dict):
-            value = {**config[name], **value}
-        config[name] = value
-    return config
-
-
-def load_recipe(spec, trust=False):
-    """The settings of a recipe, `"path"` or `"path:smoke"`: a `.json` file, or a Python one.
-
-    A `.json` recipe is read as data: an object of `kcl pretrain` settings
-    named like the flags' destinations (`batch_size`, `set` and `augment`
-    as objects), or `{"config": {...}, "smoke": {...}}` whose `:smoke`
-    variant is `config` updated by `smoke` (see recipes/README.md). A
-    Python recipe's `get_config(smoke=False)` returns the dict; it runs as
-    code, so only a file of kcl's own recipes/ folder (symlinks resolved)
-    is imported unless `trust=True` (`--trust-recipe`). The check comes
-    before the file is read.
-
-    Args:
-        spec: the `--recipe` value.
-        trust: run a Python recipe from outside kcl's recipes/. Defaults to
-            `False`.
-    """
-    path, _, variant = spec.partition(":")
-    if variant not in ("", "smoke"):
-        raise ValueError(f"A recipe variant must be ':smoke' or none. Received: --recipe={spec}")
-    if not os.path.isfile(path):
-        raise ValueError(f"No such recipe file. Received: --recipe={spec}")
-    # The file the path leads to, so a symlink into recipes/ is judged (and
-    # imported) as its target, and one out of recipes/ gains nothing.
-    real = os.path.realpath(path)
-    if real.lower().endswith(".json"):
-        return _json_recipe(real, variant == "smoke", spec)
-    if not real.endswith(".py"):
-        raise ValueError(
-            f"A recipe is a .json (data) or .py (code) file. Received: --recipe={spec} ({real})"
-        )
-    recipes = _kcl_recipes_dir()
-    if not trust and not (recipes and os.path.commonpath([real, recipes]) == recipes):
-        raise ValueError(
-            f"The recipe {real} is Python code from outside kcl's recipes/ folder "
-            f"({recipes or 'none in this install'}), and loading it would run it with "
-            "your rights. Read it, then pass --trust-recipe to run it; or write its "
-            "settings as a .json recipe, which is read as data (recipes/README.md). "
-            f"Received: --recipe={spec}"
-        )
-    module_spec = importlib.util.spec_from_file_location("kcl_recipe", real)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        config = module.get_config(smoke=variant == "smoke")
-    except Exception as error:  # noqa: BLE001  any fault of the file is the user's to fix
-        raise ValueError(
-            f"The recipe failed ({type(error).__name__}: {error}). Received: --recipe={spec}"
-        ) from None
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"A recipe's get_config must return a dict. Received: {type(config).__name__} from --recipe={spec}"
-        )
-    return config
 
 
 def _recipe_defaults(command_parser, spec, trust=False):
@@ -1040,6 +935,7 @@ def _build_model(args, method_cls, channels, size, epochs, steps_per_epoch, num_
             f"Received: --method={args.method}"
         )
     method_args.update(weak_args)
+    method_args = kcl.zoo.with_teacher(method_args)
     try:
         model = method_cls(
             encoder,
@@ -1464,20 +1360,19 @@ def _load_eval_model(spec):
         `(model, kind)`, kind one of `"saved_model"`, `"preset"`, `"keras"`,
         `"zoo"`.
     """
-    import difflib
 
-    from kcl import zoo
+    from kcl import archives, presets, zoo
 
     if _is_saved_model(spec):
         return _saved_model_encoder(spec), "saved_model"
     if os.path.isdir(spec):
-        if not os.path.isfile(os.path.join(spec, zoo.CONFIG_FILE)):
+        if not os.path.isfile(os.path.join(spec, presets.CONFIG_FILE)):
             raise ValueError(
                 "--model is a folder that holds neither a SavedModel (saved_model.pb) nor a "
-                f"preset ({zoo.CONFIG_FILE}, {zoo.METADATA_FILE}, {zoo.WEIGHTS_FILE}). Received: --model={spec}"
+                f"preset ({presets.CONFIG_FILE}, {presets.METADATA_FILE}, {presets.WEIGHTS_FILE}). Received: --model={spec}"
             )
         return _load_preset(spec), "preset"
-    if spec.lower().endswith(zoo.ARCHIVE_SUFFIXES):
+    if spec.lower().endswith(archives.ARCHIVE_SUFFIXES):
         if not os.path.isfile(spec):
             raise ValueError(f"No such preset archive. Received: --model={spec}")
         return _load_preset(spec), "preset"
@@ -1485,14 +1380,13 @@ def _load_eval_model(spec):
         if os.path.isfile(spec) and not spec.endswith(".keras"):
             raise ValueError(
                 "--model must be a .keras file, a preset folder or archive "
-                f"({', '.join(zoo.ARCHIVE_SUFFIXES)}), a SavedModel folder or a zoo preset name. "
+                f"({', '.join(archives.ARCHIVE_SUFFIXES)}), a SavedModel folder or a zoo preset name. "
                 f"Received: --model={spec}"
             )
         return _load_model(spec), "keras"
-    names = zoo.list()
+    names = zoo.names()
     if spec not in names:
-        close = difflib.get_close_matches(spec, names, n=3)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(spec, names)
         raise ValueError(
             f"--model is no file or folder, nor a zoo preset name.{hint} Known names: "
             f"{', '.join(names)}. Received: --model={spec}"

@@ -61,7 +61,6 @@ References:
 import argparse
 import collections.abc
 import contextlib
-import difflib
 import fnmatch
 import json
 import numbers
@@ -71,7 +70,8 @@ import pickle
 import keras
 import numpy as np
 
-from kcl import backbones, files
+from kcl import backbones, catalog, files
+from kcl.checks import did_you_mean
 
 # Keys no kcl backbone has a weight for, skipped in every checkpoint.
 ALWAYS_IGNORED = ("fc.*", "*num_batches_tracked")
@@ -96,10 +96,8 @@ def checkpoints():
     download; `note` says where they are. Each entry here adds the card's
     `backbone` and `paper`.
     """
-    from kcl import zoo
-
     entries = {}
-    for name, spec in zoo.cards().items():
+    for name, spec in catalog.cards().items():
         entry = (spec.get("weights") or {}).get("imagenet")
         if entry:
             entries[name] = dict(
@@ -419,8 +417,7 @@ def _download(name, entry, cache_dir):
 
 
 def _did_you_mean(name):
-    close = difflib.get_close_matches(str(name), checkpoints(), n=3)
-    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return did_you_mean(name, checkpoints())
 
 
 def _prefix_hint(state_dict, prefix):

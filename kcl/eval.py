@@ -25,12 +25,14 @@ import keras
 import numpy as np
 
 from kcl.checks import (
+    check_images,
     check_labels,
     check_number,
     check_positive_int,
     check_temperature,
     is_positive_int,
 )
+from kcl.plotting import pyplot
 
 
 def embed(encoder, images, batch_size=512):
@@ -42,31 +44,10 @@ def embed(encoder, images, batch_size=512):
     import tensorflow as tf
 
     encoder = getattr(encoder, "encoder", encoder)
-    _check_images(encoder, images)
+    check_images(encoder, images)
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     dataset = dataset.map(lambda x: tf.cast(x, "float32") / 255.0)
     return np.asarray(encoder.predict(dataset, verbose=0), dtype="float32")
-
-
-def _check_images(encoder, images):
-    """`ValueError` unless `images` is a finite `[N, H, W, C]` batch that `encoder` takes."""
-    shape = tuple(np.shape(images))
-    if len(shape) != 4:
-        raise ValueError(
-            "`images` must be a batch of shape [N, H, W, C] (add a channel axis to "
-            f"grey images: x[..., None]). Received: images.shape={shape}"
-        )
-    want = tuple(getattr(encoder, "input_shape", (None,) * 4))
-    if len(want) == 4 and want[-1] is not None and shape[-1] != want[-1]:
-        raise ValueError(f"The encoder takes {want[-1]}-channel images. Received: images.shape={shape}")
-    if len(want) == 4 and any(w is not None and w != g for w, g in zip(want[1:3], shape[1:3])):
-        raise ValueError(
-            f"The encoder takes {want[1]}x{want[2]} images; resize them to that size. "
-            f"Received: images.shape={shape}"
-        )
-    array = np.asarray(images)
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError("`images` contain NaN or Inf. Received: images with non-finite values")
 
 
 def _check_one_label_each(features, labels, name):
@@ -328,16 +309,8 @@ def plot_history(history, path, title=None, baseline=None):
         baseline: `(label, accuracy)` drawn as a horizontal line on the
             accuracy panel (e.g. raw-pixel kNN). Defaults to `None`.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError as error:
-        raise ImportError(
-            "Plots need matplotlib: pip install 'kcl[plots]'"
-        ) from error
+    plt = pyplot()
+    import matplotlib.ticker
     logs = getattr(history, "history", history)
     epochs = np.arange(1, len(logs["loss"]) + 1)
     accuracy_keys = [key for key in ("knn_acc", "probe_acc") if key in logs]
@@ -403,7 +376,7 @@ def _check_split(name, split, encoder):
             + (f" and length {len(split)}" if isinstance(split, (tuple, list)) else "")
         )
     images, labels = np.asarray(split[0]), check_labels(f"{name}_labels", split[1])
-    _check_images(encoder, images)
+    check_images(encoder, images)
     if len(images) == 0:
         raise ValueError(f"`{name}` is empty. Received: {name}_images.shape={images.shape}")
     _check_one_label_each(images, labels, f"{name}_labels")
@@ -1111,7 +1084,7 @@ def _load_tfds_split(name, split, data_dir, limit, size, channels):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from kcl.augment import _LUMA
+    from kcl.augment import LUMA
 
     try:
         dataset = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
@@ -1151,7 +1124,7 @@ def _load_tfds_split(name, split, data_dir, limit, size, channels):
     def convert(image, label):
         image = tf.cast(image, "float32")
         if have == 3 and channels == 1:  # luminance, ITU-R BT.601
-            image = tf.reduce_sum(image * tf.constant(_LUMA), axis=-1, keepdims=True)
+            image = tf.reduce_sum(image * tf.constant(LUMA), axis=-1, keepdims=True)
         elif have == 1 and channels == 3:
             image = tf.repeat(image, 3, axis=-1)
         image = tf.image.resize(image, size, method="bilinear")

@@ -367,8 +367,8 @@ class QuantisationHead(augment.SeededLayer):
         logits = tf.reshape(self.logits(x), [-1, g, v])
         probabilities = tf.nn.softmax(logits, axis=-1)
         if training:
-            batch_size = augment._batch_size(x)
-            u = augment._per_image_uniforms(self.seed_generator, batch_size, g * v)
+            batch_size = augment.batch_size_of(x)
+            u = augment.per_image_uniforms(self.seed_generator, batch_size, g * v)
             u = tf.clip_by_value(u, 1e-6, 1.0 - 1e-6)
             noise = -tf.math.log(-tf.math.log(tf.reshape(u, [-1, g, v])))
             soft = tf.nn.softmax((logits + noise) / self.temperature, axis=-1)

@@ -133,13 +133,12 @@ def _check_offset(offset, num_queries, num_keys):
                 "Argument `offset` must be a non-negative integer. "
                 f"Received: offset={value}"
             )
-        if num_queries is not None and num_keys is not None:
-            if value + num_queries > num_keys:
-                raise ValueError(
-                    "Argument `offset` plus the local batch size must not exceed "
-                    f"the number of gathered keys ({num_keys}); the local batch "
-                    f"has {num_queries} rows. Received: offset={value}"
-                )
+        if num_queries is not None and num_keys is not None and value + num_queries > num_keys:
+            raise ValueError(
+                "Argument `offset` plus the local batch size must not exceed "
+                f"the number of gathered keys ({num_keys}); the local batch "
+                f"has {num_queries} rows. Received: offset={value}"
+            )
     elif tf.is_tensor(offset) and offset.shape.rank not in (None, 0):
         raise ValueError(
             "Argument `offset` must be a scalar. "

@@ -81,7 +81,7 @@ def scaled_patch_range(height, width, reference=PATCH_RANGE_224):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-class PatchNegatives(augment._RandomLayer):
+class PatchNegatives(augment.RandomLayer):
     """Tiles random patches of each image into a patch-based negative.
 
     For each image of the batch independently, a patch size `ps` is drawn

@@ -30,9 +30,8 @@ import keras
 import numpy as np
 
 from kcl import backbones
-from kcl.checks import check_positive_int
-from kcl.eval import _check_images
-from kcl.robustness import _pyplot
+from kcl.checks import check_images, check_positive_int
+from kcl.plotting import pyplot
 
 # ---------------------------------------------------------------------------
 # 2-d embeddings: PCA and exact t-SNE.
@@ -373,7 +372,7 @@ def embedding_scatter(
     else:
         xy = pca(features, dims=2)
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=size)
     marker_size = float(np.clip(3000.0 / len(xy), 2.0, 30.0))
     if labels is None:
@@ -601,7 +600,7 @@ def retrieval_grid(
         rng.choice(len(query_images), size=min(num_queries, len(query_images)), replace=False)
     )
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(
         len(rows), k + 1, figsize=(1.25 * (k + 1), 1.5 * len(rows) + 0.5), squeeze=False
     )
@@ -684,7 +683,7 @@ def saliency_maps(encoder, images, layer=None, target=None, batch_size=64):
     import tensorflow as tf
 
     encoder = getattr(encoder, "encoder", encoder)
-    _check_images(encoder, images)
+    check_images(encoder, images)
     if target is not None and not callable(target):
         raise ValueError(
             f"`target` must be None or a callable features -> [N] scores. Received: target={target!r}"
@@ -695,7 +694,7 @@ def saliency_maps(encoder, images, layer=None, target=None, batch_size=64):
         raise ValueError(
             "Grad-CAM needs a layer with a 4-d output [N, h, w, C] (a feature map); the "
             f"encoder {encoder.name!r} has none. Received: encoder with layers "
-            f"{[l.name for l in encoder.layers]}"
+            f"{[layer.name for layer in encoder.layers]}"
         )
     if layer is None:
         layer = candidates[-1]
@@ -830,7 +829,7 @@ def supervised_baseline(encoder, train, epochs=3, batch_size=128, learning_rate=
         raise ValueError(
             f"`train` must be a pair (images, labels). Received: train of type {type(train).__name__}"
         ) from None
-    _check_images(encoder, images)
+    check_images(encoder, images)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(images):
         raise ValueError(
@@ -923,7 +922,7 @@ def saliency_figure(
     num_images = check_positive_int("num_images", num_images)
 
     rows, columns = min(num_images, len(images)), len(maps) + 1
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.5 * rows), squeeze=False)
     for i, axes_row in enumerate(axes):
         _show(axes_row[0], images[i])

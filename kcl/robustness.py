@@ -124,6 +124,7 @@ import keras
 import numpy as np
 
 from kcl import eval as kcl_eval
+from kcl.plotting import pyplot
 
 # Reference image side the lengths in the parameter table are given at
 # (CIFAR-10-C's 32 px); lengths are multiplied by min(H, W) / _REFERENCE_SIDE.
@@ -745,17 +746,6 @@ def corruption_errors(report, baseline):
 # --------------------------------------------------------------------------
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("Plots need matplotlib: pip install 'kcl[plots]'") from error
-    return plt
-
-
 def plot_robustness(report, path, baseline=None, title=None):
     """Writes a PNG of accuracy against severity, one panel per corruption.
 
@@ -777,7 +767,7 @@ def plot_robustness(report, path, baseline=None, title=None):
 
     >>> kcl.robustness.plot_robustness(model_report, "robustness.png", baseline=pixels_report)
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(report["accuracy"])
     columns = min(5, len(names))
     rows = math.ceil(len(names) / columns)
@@ -859,7 +849,7 @@ def similarity_histograms(pairs, path, bins=50, title=None):
         similarity = np.sum(a * b, axis=1) / norms
         similarities[name] = similarity
         stats[name] = {"mean": float(similarity.mean()), "std": float(similarity.std())}
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     edges = np.linspace(-1.0, 1.0, bins + 1)
     for name, similarity in similarities.items():

@@ -10,7 +10,7 @@ batch 256, 2 epochs: about 12 minutes on a 2-core CPU (the target network
 runs on both views).
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

@@ -12,7 +12,7 @@ or TFRecords given with `--data`; recipes/README.md) and needs accelerators.
 Not run here; the smoke variant checks the recipe end to end on Fashion-MNIST.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 BATCH = 4096
 

@@ -16,7 +16,7 @@ InfoNCE (t = 0.1). No gradient reaches the teacher. AdamW 2e-3, batch 256,
 and docs/taxonomy.md has the result.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

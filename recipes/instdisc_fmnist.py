@@ -17,7 +17,7 @@ weights and docs/taxonomy.md has the result. The paper trains
 first epoch's positives are the random initial rows.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

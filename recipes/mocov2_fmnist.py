@@ -16,7 +16,7 @@ settings (SGD 0.03 x B/256, queue 65,536, m 0.999, 200 epochs:
 recipes/mocov2_imagenet.py) are shortened for a few epochs.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

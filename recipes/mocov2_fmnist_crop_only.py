@@ -9,7 +9,7 @@ distortion, grayscale, blur or solarize (`crop_only=True`). NNCLR's claim
 augmentation is cut down to crops; docs/evaluation.md has the comparison.
 """
 
-from kcl.zoo import crop_only_recipe
+from kcl.recipes import crop_only_recipe
 
 
 def get_config(smoke=False):

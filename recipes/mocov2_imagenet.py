@@ -14,7 +14,7 @@ accelerators. Not run here; the smoke variant checks the recipe end to end on
 Fashion-MNIST.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 BATCH = 256
 

@@ -12,7 +12,7 @@ plain epochs (window = stride = the training set): about 12 minutes on a
 2-core CPU.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

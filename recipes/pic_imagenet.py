@@ -17,7 +17,7 @@ recipes/README.md. Needs accelerators. Not run here; the smoke variant checks
 the recipe end to end on Fashion-MNIST (windows of 64, small crops of 16 px).
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 BATCH = 512
 

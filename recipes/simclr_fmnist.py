@@ -10,7 +10,7 @@ weights in saved_models/simclr_r18_fmnist come from this command; their
 measured kNN and linear-probe accuracy is in the card.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

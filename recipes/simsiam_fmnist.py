@@ -10,7 +10,7 @@ epoch of warm-up, cosine decay), batch 256, 2 epochs: about 10 minutes on a
 recipes/simsiam_imagenet.py.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

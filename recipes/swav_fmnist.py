@@ -9,7 +9,7 @@ queue; AdamW 2e-3 (one epoch of warm-up, cosine decay), batch 256, 2
 epochs: about 12 minutes on a 2-core CPU.
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 
 def get_config(smoke=False):

@@ -13,7 +13,7 @@ accelerators. Not run here; the smoke variant checks the recipe end to end on
 Fashion-MNIST (small crops of 12 px there).
 """
 
-from kcl.zoo import card_recipe
+from kcl.recipes import card_recipe
 
 BATCH = 4096
 

@@ -19,9 +19,9 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
 )
 
-import functools
+import functools  # noqa: E402  (after the logical devices are configured)
 
-import pytest
+import pytest  # noqa: E402
 
 
 @functools.cache

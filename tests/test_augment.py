@@ -46,7 +46,7 @@ def _unit(n=8, size=16, channels=3, seed=0):
 
 def _uniforms(seed, n, num):
     """The per-image uniforms a fresh layer with this seed draws first."""
-    return augment._per_image_uniforms(keras.random.SeedGenerator(seed), n, num).numpy()
+    return augment.per_image_uniforms(keras.random.SeedGenerator(seed), n, num).numpy()
 
 
 FACTORIES = {

@@ -216,8 +216,8 @@ def test_bottleneck_strides_on_3x3_conv():
 
 def test_layers_use_pytorch_conventions():
     model = backbones.get("resnet18_cifar", width=0.25, input_shape=(8, 8, 3))
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(convs) == len(bns) == 20
     assert not any(c.use_bias for c in convs)
     # Symmetric padding of k // 2, PyTorch's: "same" at stride 1 is exactly
@@ -241,7 +241,7 @@ def test_synchronized_bn_and_zero_init_residual():
         synchronized_bn=True,
         zero_init_residual=True,
     )
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(b.synchronized for b in bns)
     for b in bns:
         last_of_branch = b.name.endswith("_bn3")

@@ -64,7 +64,12 @@ def test_kcl_bench_prints_a_table_and_writes_json(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "extra, needle",
-    [(["--precision", "fp8"], "--precision"), (["--methods", ","], "--methods"), (["--methods", "simclr,mocco"], "--methods"), (["--steps-per-execution", "x"], "--steps-per-execution")],
+    [
+        (["--precision", "fp8"], "--precision"),
+        (["--methods", ","], "--methods"),
+        (["--methods", "simclr,mocco"], "--methods"),
+        (["--steps-per-execution", "x"], "--steps-per-execution"),
+    ],
 )
 def test_kcl_bench_bad_flags(extra, needle, capsys):
     assert cli.main(bench_argv(*extra)) == 2

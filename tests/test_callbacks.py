@@ -267,7 +267,8 @@ def test_a_step_that_makes_the_weights_non_finite_stops_and_is_not_checkpointed(
     model = worker.build("simclr")
     model.compile(optimizer=keras.optimizers.SGD(1e38))  # the first update overflows; its loss is finite
     directory = str(tmp_path / "ckpt")
-    with pytest.raises(kcl.guard.NonFiniteStateError, match=r"At step 1 \(epoch 1, step 1 of 3\), \d+ variables became NaN or Inf \(.*kernel.*No checkpoint was written before it"):
+    message = r"At step 1 \(epoch 1, step 1 of 3\), \d+ variables became NaN or Inf \(.*kernel.*No checkpoint was written before it"
+    with pytest.raises(kcl.guard.NonFiniteStateError, match=message):
         model.fit(worker.dataset("simclr", images, labels, 0), epochs=1, steps_per_epoch=worker.STEPS,
                   callbacks=[kcl.callbacks.Checkpoint(directory, every=1, verbose=0)], verbose=0)
     assert _steps(directory) == []
@@ -278,7 +279,8 @@ def test_the_checkpoint_writer_refuses_non_finite_state(tmp_path):
     images, labels = worker.data()
     model = worker.build("simclr")
     directory = str(tmp_path / "ckpt")
-    with pytest.raises(kcl.guard.NonFiniteStateError, match=r"Refusing to write the checkpoint of step 2: 1 variables hold NaN.*moving_mean.*ckpt-000000001 \(step 1\)"):
+    message = r"Refusing to write the checkpoint of step 2: 1 variables hold NaN.*moving_mean.*ckpt-000000001 \(step 1\)"
+    with pytest.raises(kcl.guard.NonFiniteStateError, match=message):
         model.fit(worker.dataset("simclr", images, labels, 0), epochs=1, steps_per_epoch=worker.STEPS,
                   callbacks=[PoisonAfter(2, "moving_mean"), kcl.callbacks.Checkpoint(directory, every=1, verbose=0)],
                   verbose=0)
@@ -333,7 +335,8 @@ def test_training_clock_counts_epochs_not_end_of_epoch_work_and_survives_resume(
     clock, history = fit(2)
     assert clock.seconds == pytest.approx(2 * worker.STEPS * 10)
     assert history["train_minutes"][-1] == pytest.approx(2 * worker.STEPS * 10 / 60)
-    manifest = json.load(open(os.path.join(kcl.callbacks.Checkpoint(directory).latest(), "manifest.json")))
+    with open(os.path.join(kcl.callbacks.Checkpoint(directory).latest(), "manifest.json")) as f:
+        manifest = json.load(f)
     assert manifest["train_seconds"] == pytest.approx(2 * worker.STEPS * 10)
     with pytest.raises(ValueError, match="Received: seconds=-1"):
         kcl.callbacks.TrainingClock(-1)

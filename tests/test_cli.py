@@ -412,7 +412,7 @@ def test_python_recipe_from_outside_recipes_is_refused_before_it_runs(tmp_path, 
         f"Received: --recipe={recipe}",
     )
     with pytest.raises(ValueError, match="--trust-recipe"):
-        cli.load_recipe(recipe + ":smoke")
+        kcl.recipes.load_recipe(recipe + ":smoke")
     assert not (tmp_path / "ran").exists()
     # Trusted by the user, the same file runs.
     assert cli.parse_args(["pretrain", "--recipe", recipe, "--trust-recipe"]).epochs == 7
@@ -421,27 +421,27 @@ def test_python_recipe_from_outside_recipes_is_refused_before_it_runs(tmp_path, 
 
 def test_only_files_inside_kcl_recipes_run_without_trust(tmp_path, monkeypatch):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assert cli._kcl_recipes_dir() == os.path.realpath(os.path.join(repo, "recipes"))
+    assert kcl.recipes.recipes_dir() == os.path.realpath(os.path.join(repo, "recipes"))
     for recipe in RECIPES:  # kcl's own run untrusted
-        assert isinstance(cli.load_recipe(recipe + ":smoke"), dict), recipe
+        assert isinstance(kcl.recipes.load_recipe(recipe + ":smoke"), dict), recipe
 
     recipes, outside = tmp_path / "recipes", tmp_path / "outside"
     recipes.mkdir()
     outside.mkdir()
-    monkeypatch.setattr(cli, "_kcl_recipes_dir", lambda: str(recipes))
+    monkeypatch.setattr(kcl.recipes, "recipes_dir", lambda: str(recipes))
     (recipes / "good.py").write_text("def get_config(smoke=False):\n    return {'epochs': 3}\n")
     evil = outside / "evil.py"
     evil.write_text(MARKING_RECIPE)
-    assert cli.load_recipe(str(recipes / "good.py")) == {"epochs": 3}
+    assert kcl.recipes.load_recipe(str(recipes / "good.py")) == {"epochs": 3}
     # A symlink in recipes/ is judged by its target, and so is a `..` path.
     (recipes / "link.py").symlink_to(evil)
     for spec in (recipes / "link.py", recipes / ".." / "outside" / "evil.py"):
         with pytest.raises(ValueError, match=r"outside kcl's recipes/.*Received: --recipe="):
-            cli.load_recipe(str(spec))
+            kcl.recipes.load_recipe(str(spec))
     assert not (outside / "ran").exists()
     # A symlink elsewhere to a file of recipes/ is that file.
     (outside / "alias.py").symlink_to(recipes / "good.py")
-    assert cli.load_recipe(str(outside / "alias.py")) == {"epochs": 3}
+    assert kcl.recipes.load_recipe(str(outside / "alias.py")) == {"epochs": 3}
 
 
 def write_json_recipe(tmp_path, recipe):
@@ -473,7 +473,7 @@ def test_json_recipe_settings_and_smoke_overrides(tmp_path):
 def test_a_python_recipe_written_as_json_gives_the_same_flags(tmp_path):
     python = next(r for r in RECIPES if r.endswith("mocov2_fmnist.py"))
     recipe = write_json_recipe(
-        tmp_path, {"config": cli.load_recipe(python), "smoke": cli.load_recipe(python + ":smoke")}
+        tmp_path, {"config": kcl.recipes.load_recipe(python), "smoke": kcl.recipes.load_recipe(python + ":smoke")}
     )
     for suffix in ("", ":smoke"):
         from_json = vars(cli.parse_args(["pretrain", "--recipe", recipe + suffix]))
@@ -506,7 +506,7 @@ def test_bad_json_recipes_give_one_line_errors(tmp_path, capsys, recipe, suffix,
 def test_every_recipe_runs_its_smoke_variant(recipe, tmp_path, capsys):
     from kcl import data
 
-    config = cli.load_recipe(recipe + ":smoke")
+    config = kcl.recipes.load_recipe(recipe + ":smoke")
     if config.get("data", "fashion_mnist") == "fashion_mnist":
         try:
             data.load_fashion_mnist("test", download=False, verbose=False)

@@ -159,7 +159,7 @@ def test_quantiser_straight_through_gradient_is_the_soft_gradient():
         weighted = tf.reduce_sum(w * out["codes"])
         loss = tf.reduce_sum(tf.square(out["quantised"]))
     # The noise of the first draw of a fresh generator with the same seed.
-    u = augment._per_image_uniforms(keras.random.SeedGenerator(11), 4, g * v).numpy()
+    u = augment.per_image_uniforms(keras.random.SeedGenerator(11), 4, g * v).numpy()
     noise = -np.log(-np.log(np.clip(u, 1e-6, 1 - 1e-6))).reshape(4, g, v)
     z = (x.numpy().reshape(4, g, v) + noise) / tau
     soft = np.exp(z - z.max(-1, keepdims=True))

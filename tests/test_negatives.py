@@ -64,7 +64,7 @@ def _uniforms(seed, n, num, calls=1):
     """The per-image uniforms a fresh layer with this seed draws at each call."""
     generator = keras.random.SeedGenerator(seed)
     return [
-        augment._per_image_uniforms(generator, n, num).numpy() for _ in range(calls)
+        augment.per_image_uniforms(generator, n, num).numpy() for _ in range(calls)
     ]
 
 

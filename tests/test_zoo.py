@@ -35,13 +35,13 @@ def tiny_nnclr():
 
 
 def test_list_holds_the_cards_sorted():
-    names = zoo.list()
+    names = zoo.names()
     assert {"nnclr_r50", "simclr_r50", "simclr_r18_fmnist"} <= set(names)
     assert names == sorted(names)
     assert names == sorted(p.stem for p in (REPO / "zoo").glob("*.json"))
 
 
-@pytest.mark.parametrize("name", zoo.list())
+@pytest.mark.parametrize("name", zoo.names())
 def test_every_card_names_a_method_backbone_and_accepted_arguments(name):
     # Checked without building (an R50 per card would be slow): the method
     # and backbone exist and every argument is one their constructors take.
@@ -196,7 +196,7 @@ def test_setup_cfg_packages_every_package_and_the_cards():
 
 
 # ------------------------------------------------------------- every card
-@pytest.mark.parametrize("name", zoo.list())
+@pytest.mark.parametrize("name", zoo.names())
 def test_every_card_states_its_data_metrics_and_the_source_of_its_weights(name):
     card = zoo.card(name)
     assert card["data"] in ("fashion_mnist", "imagenet2012") and card["epochs"] >= 1 and card["metrics"]
@@ -212,8 +212,8 @@ def test_every_card_states_its_data_metrics_and_the_source_of_its_weights(name):
         assert name in kcl.convert.checkpoints()
 
 
-FMNIST_CARDS = [name for name in zoo.list() if name.endswith("_fmnist")]
-SHIPPED = [name for name in zoo.list() if (zoo.card(name).get("weights") or {}).get("preset")]
+FMNIST_CARDS = [name for name in zoo.names() if name.endswith("_fmnist")]
+SHIPPED = [name for name in zoo.names() if (zoo.card(name).get("weights") or {}).get("preset")]
 
 
 def test_every_method_has_a_fashion_mnist_card_with_weights_trained_here():
@@ -367,7 +367,7 @@ def test_imagenet_weights_are_converted_from_the_authors_checkpoint(monkeypatch)
         zoo.load("nnclr_r50", weights="imagenet")
 
 
-@pytest.mark.parametrize("name", [name for name in zoo.list() if name not in FMNIST_CARDS])
+@pytest.mark.parametrize("name", [name for name in zoo.names() if name not in FMNIST_CARDS])
 def test_every_imagenet_card_builds_its_model(name):
     # (The Fashion-MNIST cards are built by the round trip above.)
     card = zoo.card(name)
@@ -590,14 +590,17 @@ def test_extract_archive_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("smoke", [False, True], ids=["full", "smoke"])
 def test_crop_only_recipes_are_their_base_recipe_with_crops_only(smoke):
-    from kcl import cli
-
     recipes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
     ablations = sorted(f for f in os.listdir(recipes) if f.endswith("_crop_only.py"))
     assert len(ablations) == 7  # one per method
     variant = ":smoke" if smoke else ""
     for name in ablations:
-        ablation = cli.load_recipe(os.path.join(recipes, name) + variant)
-        base = cli.load_recipe(os.path.join(recipes, name.replace("_crop_only", "")) + variant)
+        ablation = kcl.recipes.load_recipe(os.path.join(recipes, name) + variant)
+        base = kcl.recipes.load_recipe(os.path.join(recipes, name.replace("_crop_only", "")) + variant)
         assert ablation.pop("augment") == dict(base.pop("augment") or {}, crop_only=True), name
         assert ablation == base, name
+
+
+def test_list_is_a_deprecated_alias_of_names():
+    with pytest.warns(DeprecationWarning, match="kcl.zoo.names"):
+        assert zoo.list() == zoo.names()

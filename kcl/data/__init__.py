@@ -34,8 +34,9 @@ from kcl.data.fit_inputs import check_fit_inputs
 from kcl.data.log import UnreadableFilesLog
 from kcl.data.pipeline import pretrain_dataset, sliding_window_dataset, to_numpy
 from kcl.data.record_files import TFRecordFiles, tfrecords, write_tfrecords
+from kcl.data.resolve import open_source
 from kcl.data.sliding_window import SlidingWindowScheduler
-from kcl.data.source import ArraySource, Source, UnreadableImageError, open_source
+from kcl.data.source import ArraySource, Source, UnreadableImageError
 from kcl.data.tfds_datasets import TFDSSource, load_tfds, tfds_source
 
 

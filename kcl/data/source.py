@@ -19,12 +19,15 @@ A file that does not decode is skipped and recorded in `source.unreadable`
 """
 
 import copy
+import hashlib
+import json
 import os
 import threading
 
 import numpy as np
 
 from kcl.data.common import SUBSET, check_aligned, check_int, stateless_key
+from kcl.data.decode import decode_image
 
 
 class UnreadableImageError(ValueError):
@@ -172,8 +175,6 @@ class Source:
         """Decodes a dataset of rows in order, leaving out (and recording) the ones that fail."""
         import tensorflow as tf
 
-        from kcl.data.decode import decode_image
-
         def decode(row):
             image = decode_image(self.load(row["data"]), self.image_size, self.channels)
             return image, row["label"], row["name"]
@@ -240,8 +241,6 @@ class Source:
         was written for the same examples, size and channels, and rewritten
         otherwise.
         """
-        from kcl.data.cache import build_cache
-
         return build_cache(self, where)
 
 
@@ -333,84 +332,74 @@ class ArraySource(Source):
 
 
 # Folders of a split layout that hold the test split, by preference.
-TEST_FOLDERS = ("test", "val", "validation")
 
 
-def open_source(spec, split=None, image_size=None, channels=None, labels="auto", strict=False, data_dir=None):
-    """Opens training or evaluation data by name, path or pattern, streamed where it can be.
+# Rows decoded per pass while filling a cache (bounds the memory of a file cache).
+CHUNK = 4096
 
-    `spec` is one of
 
-    - `"fashion_mnist"`: the local Fashion-MNIST files, in memory
-      (`ArraySource`);
-    - a folder of images, any depth and layout (`image_folder`); a folder
-      holding a `train/` subfolder is a split layout: `split="train"` opens
-      `train/`, `split="test"` opens `test/` (or `val/`, `validation/`);
-    - a folder of TFRecord shards, one `.tfrecord` file, or a glob of them
-      (`tfrecords`), e.g. from `kcl make-tfrecords`;
-    - a glob of image files, e.g. `"photos/**/*.jpg"` (`image_files`);
-    - otherwise a tfds name, e.g. `"cifar10"` or `"imagenet2012"`
-      (`tfds_source`, prepared in `data_dir`).
+def build_cache(source, where="memory"):
+    """The `ArraySource` of `source` decoded once (see `Source.cache`)."""
+    import tensorflow as tf
 
-    Args:
-        spec: the data, as above.
-        split: `"train"`, `"test"` or `None` (the data as given; a tfds
-            source's `"train"`). Defaults to `None`.
-        image_size: `(height, width)` to decode to, or `None` to infer it
-            from the data (all images of one size). Defaults to `None`.
-        channels: 1, 3, or `None` to infer (grey when every sampled image is
-            stored grey). Defaults to `None`.
-        labels: for folders: `"auto"` (class subfolders when every image is
-            in one, `<root>/<class>/<image>`), `"folders"` (the first-level
-            subfolder at any depth) or `None`. Defaults to `"auto"`.
-        strict: stop at the first file that does not decode. Defaults to
-            `False`.
-        data_dir: tfds' data directory. Defaults to `None` (tfds' own).
+    if isinstance(source, ArraySource):
+        return source
+    height, width = source.image_size
+    shape = (source.num_examples, height, width, source.channels)
+    # The cache file is for these files (or records), in this order, at this size.
+    fingerprint = hashlib.sha256(json.dumps([source.name, list(shape), getattr(source, "files", None)]).encode()).hexdigest()
+    if where == "memory":
+        images, valid = np.zeros(shape, "uint8"), np.zeros(shape[0], bool)
+    else:
+        where = os.path.expanduser(str(where))
+        meta_path = where + ".json"
+        if os.path.exists(meta_path) and os.path.exists(where):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if meta.get("fingerprint") == fingerprint:
+                images = np.load(where, mmap_mode="r")
+                return _array_source(source, images, np.asarray(meta["valid"], bool))
+            print(f"kcl: the cache {where} was written for other data; writing it again.", flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(where)), exist_ok=True)
+        images = np.lib.format.open_memmap(where + ".tmp", mode="w+", dtype="uint8", shape=shape)
+        valid = np.zeros(shape[0], bool)
+    def decode(position, row):
+        return decode_image(source.load(row["data"]), source.image_size, source.channels), position, row["label"]
 
-    Returns:
-        A `Source`, or `None` when `split="test"` asks for a split the data
-        does not have.
-
-    Example:
-
-    >>> source = kcl.data.open_source("~/photos", image_size=(96, 96), channels=3)
-    >>> print(source.describe())
-    2000000 images from /home/me/photos (no labels), decoded to 96x96x3
-    """
-    from kcl.data import files, record_files, tfds_datasets
-    from kcl.data.fashion_mnist import load_fashion_mnist
-
-    spec = os.path.expanduser(str(spec))
-    if spec in ("fashion_mnist", "fashion-mnist", "fmnist"):
-        images, labels_ = load_fashion_mnist(split or "train")
-        from kcl.data.fashion_mnist import FASHION_MNIST_CLASSES
-
-        return ArraySource(images, labels_, name=f"fashion_mnist {split or 'train'}", class_names=FASHION_MNIST_CLASSES)
-    options = {"image_size": image_size, "channels": channels, "strict": strict}
-    if files.is_folder(spec):
-        if record_files.is_tfrecord_folder(spec):
-            return None if split == "test" else record_files.tfrecords(spec, **options)
-        # A split layout: train/ beside test/ (or val/, validation/).
-        found = {name: os.path.join(spec, name) for name in ("train",) + TEST_FOLDERS if files.is_folder(os.path.join(spec, name))}
-        if split is not None and "train" in found:
-            folders = [found[n] for n in (("train",) if split == "train" else TEST_FOLDERS) if n in found]
-            if not folders:
-                return None
-            spec = folders[0]
-            if record_files.is_tfrecord_folder(spec):
-                return record_files.tfrecords(spec, **options)
-        elif split == "test":
-            return None
-        return files.image_folder(spec, labels=labels, **options)
-    if files.has_pattern(spec) or spec.endswith(record_files.EXTENSIONS):
-        if split == "test":
-            return None
-        if record_files.is_tfrecord_name(spec):
-            return record_files.tfrecords(spec, **options)
-        return files.image_files(spec, **options)
-    if spec.startswith((os.sep, ".", "~")) or "://" in spec:
-        raise ValueError(
-            "No such folder or file (data is fashion_mnist, a folder, a glob of images or "
-            f"TFRecords, or a tfds name). Received: data={spec!r}"
+    # Rows in stored order, numbered: a record stream's position becomes its index.
+    labels = np.full(shape[0], -1, "int64")
+    if source.random_access:
+        rows = tf.data.Dataset.range(shape[0]).batch(CHUNK).flat_map(
+            lambda index: tf.data.Dataset.from_tensor_slices(source.rows(index))
         )
-    return tfds_datasets.tfds_source(spec, split=split, data_dir=data_dir, **options)
+    else:
+        rows = source.stored_records()
+    numbered = tf.data.Dataset.zip(tf.data.Dataset.range(shape[0]), rows)
+    decoded = numbered.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(256)
+    for batch, positions, batch_labels in decoded.prefetch(2).as_numpy_iterator():
+        images[positions] = batch
+        valid[positions] = True
+        labels[positions] = batch_labels
+    names = np.array([n for batch in rows.map(lambda row: row["name"]).batch(CHUNK).as_numpy_iterator() for n in batch])
+    for i in np.flatnonzero(~valid):
+        name = names[i].decode()
+        source.unreadable.setdefault(name, source.reason(name))
+    if where != "memory":
+        images.flush()
+        del images
+        os.replace(where + ".tmp", where)
+        np.save(where + ".labels.npy", labels)
+        np.save(where + ".names.npy", names)
+        with open(meta_path, "w") as f:
+            json.dump({"fingerprint": fingerprint, "source": source.name, "valid": valid.tolist()}, f)
+        images = np.load(where, mmap_mode="r")
+    return _array_source(source, images, valid, labels, names)
+
+
+def _array_source(source, images, valid, labels=None, names=None):
+    if labels is None:  # a cache file read again
+        labels, names = np.load(images.filename + ".labels.npy"), np.load(images.filename + ".names.npy")
+    cached = ArraySource(images, labels if source.has_labels else None, None, valid, names, source.name, source.class_names)
+    cached.unreadable = source.unreadable  # one log for the files
+    cached.strict = source.strict
+    return cached

@@ -6,8 +6,8 @@ lower-case class name, so adding a method is one import line here.
 parts by configuration (docs/taxonomy.md).
 """
 
-import difflib
 
+from kcl.checks import did_you_mean
 from kcl.methods.base import ContrastiveModel
 from kcl.methods.byol import BYOL
 from kcl.methods.contrastive import Contrastive
@@ -38,8 +38,7 @@ def get(name):
     methods = _all_methods()
     key = str(name).lower()
     if key not in methods:
-        close = difflib.get_close_matches(key, methods, n=3)
-        hint = f" Did you mean {close}?" if close else ""
+        hint = did_you_mean(key, methods)
         raise ValueError(
             f"Unknown method. Known methods: {sorted(methods)}.{hint} Received: name={name!r}"
         )

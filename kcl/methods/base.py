@@ -31,7 +31,6 @@ float32 in [0, 1].
 """
 
 import copy
-import difflib
 import inspect
 import numbers
 import warnings
@@ -40,10 +39,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kcl import distribute, guard
+from kcl import distribute, guard, presets
 from kcl.callbacks import Checkpoint, describe_step
 from kcl.callbacks import read as read_checkpoint
-from kcl.checks import is_positive_int
+from kcl.checks import did_you_mean, is_positive_int
 
 
 def check_widths(name, dims):
@@ -124,8 +123,7 @@ def _unknown_arguments(cls, kwargs):
     """The message for arguments of `kwargs` that neither `cls` nor keras.Model takes."""
     known = [p for p in inspect.signature(cls).parameters if p != "kwargs"]
     unknown = [k for k in kwargs if k not in _KERAS_ARGUMENTS] or list(kwargs)
-    close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    hint = "".join(did_you_mean(k, known, n=1) for k in unknown)
     return (
         f"{cls.__name__} takes no argument named {', '.join(unknown)}.{hint} Its arguments: "
         f"{', '.join(known)}. Received: {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}"
@@ -685,20 +683,18 @@ class ContrastiveModel(keras.Model):
         return super().save(*args, **kwargs)
 
     def save_to_preset(self, directory, metadata=None):
-        """Writes the model as a keras-hub style preset (`kcl.zoo.save_preset`).
+        """Writes the model as a keras-hub style preset (`kcl.presets.save_preset`).
 
         `config.json`, `metadata.json` (versions, parameter counts and
         `metadata`, e.g. `{"data": "fashion_mnist", "knn_top1": 0.84}`) and
-        `model.weights.h5`; `kcl.zoo.load(directory)` reads it back.
+        `model.weights.h5`; `kcl.zoo.load(directory)` (or `kcl.presets.load_preset`) reads it back.
 
         Example:
 
         >>> model.save_to_preset("presets/my_simclr", metadata={"epochs": 100})
         >>> model = kcl.zoo.load("presets/my_simclr")
         """
-        from kcl import zoo
-
-        return zoo.save_preset(self, directory, metadata=metadata)
+        return presets.save_preset(self, directory, metadata=metadata)
 
     # --------------------------------------------------------------- config
     def get_config(self):

@@ -8,7 +8,7 @@ method from kcl's shared parts, the same ones the named methods use:
 | axis | argument | choices (the part behind each) |
 |---|---|---|
 | similarity: how pairs are made | `pairs` | `"views"`: two augmentations of an image (`kcl.augment`); `"context_instance"`: an image's global feature and its local features (Deep InfoMax) |
-| encoders: queries and keys | `key_encoder` | `"shared"` (end-to-end); `"momentum"` (`kcl.queues.momentum_copy` + `ema_update`); `"memory_bank"` (`kcl.queues.MemoryBank`); a `keras.Model` or zoo preset name: a frozen pre-trained teacher |
+| encoders: queries and keys | `key_encoder` | `"shared"` (end-to-end); `"momentum"` (`kcl.queues.momentum_copy` + `ema_update`); `"memory_bank"` (`kcl.queues.MemoryBank`); a `keras.Model` or preset directory: a frozen pre-trained teacher (a zoo card's name in cards and recipes) |
 | negatives | `negatives` | `"batch"` (the global batch, `kcl.distribute.all_gather`); `"queue"` (`kcl.queues.FeatureQueue`); `"memory_bank"` (rows drawn from the bank) |
 | transform heads | `heads` | `"projection"` (`kcl.heads.ProjectionHead`), `"contextualisation"` (`kcl.heads.ContextualisationHead`), `"quantisation"` (`kcl.heads.QuantisationHead`) |
 | loss | `loss` | `"nt_xent"`, `"info_nce"` (mutual information), `"nce"` (probabilistic), `"margin"`, `"triplet"` (energy); all from `kcl.losses` |
@@ -21,13 +21,13 @@ instance discrimination (Wu et al. 2018) is
 first two against the named classes step for step.
 """
 
-import difflib
+import os
 
 import keras
 import tensorflow as tf
 
-from kcl import backbones, distribute, heads, losses, queues
-from kcl.checks import check_number, check_positive_int, check_temperature
+from kcl import backbones, distribute, heads, losses, presets, queues
+from kcl.checks import check_number, check_positive_int, check_temperature, did_you_mean
 from kcl.methods.base import (
     ContrastiveModel,
     check_fit_index,
@@ -54,26 +54,33 @@ _MISSING_INDEX = (
 def _choice(name, value, options):
     if isinstance(value, str) and value in options:
         return value
-    close = difflib.get_close_matches(str(value), options, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(value, options, n=1)
     raise ValueError(
         f"`{name}` must be one of {', '.join(map(repr, options))}.{hint} Received: {name}={value!r}"
     )
 
 
 def _teacher(key_encoder):
-    """The frozen teacher network: a `keras.Model`, or the encoder of a zoo preset name."""
-    if isinstance(key_encoder, str):
-        if difflib.get_close_matches(key_encoder, KEY_ENCODERS, n=1):
-            _choice("key_encoder", key_encoder, KEY_ENCODERS)  # a misspelt kind, not a preset
-        from kcl import zoo
+    """The frozen teacher network: a `keras.Model`, or the encoder of a preset directory.
 
-        key_encoder = zoo.load(key_encoder)
+    A zoo card's name is resolved by the zoo (`kcl.zoo.from_card`, recipes
+    and `kcl pretrain`); the method itself reads only what is on disk.
+    """
+    if isinstance(key_encoder, (str, os.PathLike)):
+        if did_you_mean(key_encoder, KEY_ENCODERS, n=1):
+            _choice("key_encoder", key_encoder, KEY_ENCODERS)  # a misspelt kind, not a preset
+        if not os.path.isdir(key_encoder):
+            raise ValueError(
+                f"`key_encoder` must be one of {', '.join(map(repr, KEY_ENCODERS))}, a keras.Model "
+                "(a pre-trained teacher) or a preset directory; for a zoo card pass "
+                f"kcl.zoo.load({str(key_encoder)!r}). Received: key_encoder={key_encoder!r}"
+            )
+        key_encoder = presets.load_preset(key_encoder)
     teacher = getattr(key_encoder, "encoder", key_encoder)
     if not isinstance(teacher, keras.Model):
         raise ValueError(
             f"`key_encoder` must be one of {', '.join(map(repr, KEY_ENCODERS))}, a keras.Model "
-            f"(a pre-trained teacher) or a zoo preset name. Received: key_encoder={key_encoder!r}"
+            f"(a pre-trained teacher) or a preset directory. Received: key_encoder={key_encoder!r}"
         )
     teacher.trainable = False  # inference-mode batch norm, no weights for the optimizer
     return teacher
@@ -154,7 +161,7 @@ class Contrastive(ContrastiveModel):
         pairs: `"views"` or `"context_instance"`. Defaults to `"views"`.
         key_encoder: `"shared"`, `"momentum"`, `"memory_bank"`, a
             `keras.Model` teacher (or a kcl method, whose encoder is taken)
-            or a zoo preset name. Defaults to `"shared"`.
+            or a preset directory (for a zoo card: `kcl.zoo.load(name)`). Defaults to `"shared"`.
         negatives: `"batch"`, `"queue"` or `"memory_bank"`; `None` picks the
             key encoder's own (batch, queue, memory bank, batch for a
             teacher). A memory bank's negatives go with a memory bank key

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kcl
 from kcl import losses
 from kcl.methods import Contrastive, MoCoV2, SimCLR
 from tests.methods import checks
@@ -146,7 +147,7 @@ def test_distillation_gradients_never_reach_the_teacher():
 def test_distillation_from_a_zoo_preset_and_the_save_load_round_trip(tmp_path):
     encoder = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, strides=2),
                                 keras.layers.GlobalAveragePooling2D()])
-    model = Contrastive(encoder, key_encoder="simclr_r18_fmnist", **SMALL)
+    model = Contrastive(encoder, key_encoder=kcl.zoo.load("simclr_r18_fmnist"), **SMALL)
     assert model.teacher.output_shape[-1] == 128 and not model.teacher.trainable_weights
     images = checks.random_images(4, size=28)
     clone = checks.check_config_round_trip(model)
