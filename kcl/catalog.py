@@ -29,17 +29,27 @@ def _data_dir(installed_name, checkout_name):
     an editable install (where `kcl` is the checkout's folder), the
     top-level folder next to the `kcl` package.
     """
-    package = pathlib.Path(__file__).resolve().parent
-    installed = package / installed_name
+    installed = pathlib.Path(__file__).resolve().parent / installed_name
     if installed.is_dir():
         return installed
-    checkout = package.parent
-    if (checkout / "setup.cfg").is_file() and (checkout / checkout_name).is_dir():
-        return checkout / checkout_name
+    checkout = checkout_folder(checkout_name)
+    if checkout is not None:
+        return checkout
     raise FileNotFoundError(
-        f"Neither {installed} (installed package) nor {checkout / checkout_name} "
+        f"Neither {installed} (installed package) nor {installed.parent.parent / checkout_name} "
         "(source checkout) exists; reinstall kcl."
     )
+
+
+def checkout_folder(name):
+    """The top-level folder `name` of the source checkout kcl runs from, or None.
+
+    A checkout (or an editable install) has `setup.cfg` next to the `kcl`
+    package; a wheel has neither it nor the checkout's folders.
+    """
+    checkout = pathlib.Path(__file__).resolve().parent.parent
+    folder = checkout / name
+    return folder if (checkout / "setup.cfg").is_file() and folder.is_dir() else None
 
 
 def weights_dir():

@@ -16,17 +16,14 @@ import importlib.util
 import json
 import os
 
-from kcl import zoo
+from kcl import catalog, zoo
 
 
 def recipes_dir():
     """kcl's own recipes/ folder, symlinks resolved; None where kcl is not a source checkout."""
-    checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    recipes = os.path.join(checkout, "recipes")
-    # A wheel ships no recipes; only a checkout (setup.cfg next to kcl/) has them.
-    if os.path.isfile(os.path.join(checkout, "setup.cfg")) and os.path.isdir(recipes):
-        return os.path.realpath(recipes)
-    return None
+    # A wheel ships no recipes; only a checkout has them.
+    folder = catalog.checkout_folder("recipes")
+    return os.path.realpath(folder) if folder is not None else None
 
 
 def _json_recipe(path, smoke, spec):
