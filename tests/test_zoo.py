@@ -73,7 +73,7 @@ def test_load_nnclr_r50_builds_the_paper_model():
 
 def test_load_small_card_gives_a_working_model_with_random_weights():
     a, b = zoo.load("simclr_r18_fmnist", weights="random"), zoo.load("simclr_r18_fmnist", weights="random")
-    assert isinstance(a, kcl.methods.SimCLR) and a.temperature == 0.5
+    assert isinstance(a, kcl.methods.SimCLR) and a.temperature == zoo.card("simclr_r18_fmnist")["method_args"]["temperature"]
     assert a.encoder.input_shape == (None, 28, 28, 1) and a.feature_dim == 128
     assert a.projection_hidden_dims == (512,)
     images = checks.random_images(2, size=28)
