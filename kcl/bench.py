@@ -32,7 +32,6 @@ Example:
     kcl bench --methods simclr,byol --batch-size 128 --jit both --out bench.json
 """
 
-import inspect
 import os
 import platform
 import resource
@@ -258,7 +257,7 @@ def benchmark(
     batch_size = check_positive_int("batch_size", batch_size)
     steps_per_execution = check_positive_int("steps_per_execution", steps_per_execution)
     cls = methods.get(method)
-    takes_index = "num_instances" in inspect.signature(cls).parameters
+    takes_index = methods.needs(cls).instance_index
     device, device_name = _device()
     if device.startswith("GPU"):
         tf.config.experimental.reset_memory_stats(device)

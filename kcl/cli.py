@@ -10,7 +10,6 @@ Run `kcl <command> --help` for every flag.
 import argparse
 import datetime
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -564,7 +563,7 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------- helpers
 def _weak_negatives(args, method_cls, train_size):
     """The `weak_negatives=` and `alpha=` method arguments the flags ask for."""
-    from kcl import negatives
+    from kcl import methods, negatives
 
     if args.weak_negatives is None:
         for flag in ("alpha", "textures"):
@@ -573,7 +572,7 @@ def _weak_negatives(args, method_cls, train_size):
                     f"--{flag} goes with --weak-negatives. Received: --{flag}={getattr(args, flag)}"
                 )
         return {}, None
-    if "weak_negatives" not in inspect.signature(method_cls).parameters:
+    if not methods.needs(method_cls).weak_negatives:
         raise ValueError(
             f"{method_cls.__name__} takes no weak negatives (MoCo v2, BYOL, SimCLR and "
             f"NNCLR do). Received: --method={args.method}"
@@ -905,7 +904,6 @@ def _build_model(args, method_cls, channels, size, epochs, steps_per_epoch, num_
     """The method of `kcl pretrain`: encoder, augmenter, --set and weak negatives; returns (model, textures)."""
     import kcl
 
-    parameters = inspect.signature(method_cls).parameters
     # Any input size: multi-crop methods (SwAV, PIC) feed crops of several
     # sizes; the export resizes to the training size.
     encoder = kcl.backbones.get(
@@ -919,15 +917,11 @@ def _build_model(args, method_cls, channels, size, epochs, steps_per_epoch, num_
         augmenter = method_cls.default_augmenter(size, seed=args.seed, **dict(args.augment))
     except (TypeError, ValueError) as error:
         raise ValueError(f"--augment: {error}") from None
-    method_args = dict(args.set)
-    if "total_steps" in parameters:
-        # Schedules inside the method (BYOL's EMA) span the whole run.
-        method_args.setdefault("total_steps", epochs * steps_per_epoch)
-    if "num_instances" in parameters:
-        method_args.setdefault("num_instances", num_train)
-    if "steps_per_epoch" in parameters:
-        # Epoch-based settings inside the method (SwAV's queue start).
-        method_args.setdefault("steps_per_epoch", steps_per_epoch)
+    # What the method needs from the run (kcl.methods.registry): schedules
+    # over the whole run (BYOL's EMA), settings in epochs (SwAV's queue
+    # start), one row per training image (PIC); --set overrides them.
+    run_arguments = kcl.methods.needs(method_cls).run_arguments(epochs * steps_per_epoch, steps_per_epoch, num_train)
+    method_args = {**run_arguments, **dict(args.set)}
     weak_args, textures = _weak_negatives(args, method_cls, num_train)
     if textures is not None and scheduler is not None:
         raise ValueError(
@@ -1015,14 +1009,14 @@ def cmd_pretrain(args):
         print(f"kcl: no online probe: the number of classes of {train.name} is not recorded.", flush=True)
     size, channels = train.image_size[0], train.channels
     compared = _compared_cards(args, size, channels, bank is not None)
-    parameters = inspect.signature(method_cls).parameters
+    needs = kcl.methods.needs(method_cls)
     scheduler, epochs = None, args.epochs
-    if method_cls is not kcl.methods.PIC and (args.window is not None or args.stride is not None):
+    if not needs.sliding_window and (args.window is not None or args.stride is not None):
         raise ValueError(
             f"--window and --stride set PIC's sliding-window scheduler, which "
             f"{method_cls.__name__} does not use. Received: --method={args.method}"
         )
-    if "num_instances" in parameters:
+    if needs.instance_index:
         # Instance classification (PIC) and memory banks (Contrastive):
         # batches carry each image's index, in the order of the sliding-window
         # scheduler (the whole set per window unless PIC's --window is set);

@@ -39,12 +39,12 @@ WHOLE_PACKAGE_USERS = ["kcl.cli"]
 MAX_LINES = 550
 TOO_LONG = {
     "kcl.augment": 1114,
-    "kcl.cli": 1861,
+    "kcl.cli": 1854,
     "kcl.eval": 1244,
     "kcl.losses": 1210,
     "kcl.methods.base": 728,
     "kcl.methods.contrastive": 603,
-    "kcl.methods.pic": 682,
+    "kcl.methods.pic": 684,
     "kcl.negatives": 768,
     "kcl.pictures": 939,
     "kcl.robustness": 955,

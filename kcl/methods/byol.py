@@ -9,9 +9,11 @@ from kcl import augment, distribute, losses, queues
 from kcl.checks import check_temperature
 from kcl.heads import PredictionHead, ProjectionHead
 from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
+from kcl.methods.registry import register
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("byol", total_steps=True, weak_negatives=True)
 class BYOL(ContrastiveModel):
     """BYOL (Grill et al., 2020): predict a slow-moving target's projection.
 

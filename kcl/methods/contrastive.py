@@ -34,6 +34,7 @@ from kcl.methods.base import (
     check_index_values,
     check_widths,
 )
+from kcl.methods.registry import register
 
 PAIRS = ("views", "context_instance")
 KEY_ENCODERS = ("shared", "momentum", "memory_bank")
@@ -99,6 +100,7 @@ def _feature_model(network):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("contrastive", instance_index=True)
 class Contrastive(ContrastiveModel):
     """A contrastive method assembled from parts (the survey's framework).
 

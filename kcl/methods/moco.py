@@ -14,9 +14,11 @@ from kcl.methods.base import (
     check_augment_overrides,
     check_widths,
 )
+from kcl.methods.registry import register
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("mocov2", weak_negatives=True)
 class MoCoV2(ContrastiveModel):
     """MoCo v2 (Chen et al., 2020): InfoNCE against a queue of momentum-encoded keys.
 

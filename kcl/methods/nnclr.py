@@ -12,6 +12,7 @@ from kcl.methods.base import (
     check_augment_overrides,
     check_widths,
 )
+from kcl.methods.registry import register
 from kcl.queues import FeatureQueue
 
 # Support-set rows compared with the queries at a time in `nearest_neighbors`.
@@ -19,6 +20,7 @@ SUPPORT_CHUNK = 16384
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("nnclr", weak_negatives=True)
 class NNCLR(ContrastiveModel):
     """NNCLR (Dwibedi et al., 2021): a support-set neighbour as the positive.
 

@@ -16,6 +16,7 @@ from kcl.methods.base import (
     check_index_values,
     check_widths,
 )
+from kcl.methods.registry import register
 
 
 def _scatter(variable, rows, values):
@@ -389,6 +390,7 @@ _MISSING_INDEX = (
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("pic", instance_index=True, sliding_window=True)
 class PIC(ContrastiveModel):
     """PIC (Cao et al., 2020): every image is a class of a parametric classifier.
 

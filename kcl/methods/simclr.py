@@ -12,9 +12,11 @@ from kcl.methods.base import (
     check_augment_overrides,
     check_widths,
 )
+from kcl.methods.registry import register
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("simclr", weak_negatives=True)
 class SimCLR(ContrastiveModel):
     """SimCLR (Chen et al., 2020): NT-Xent between two augmented views.
 

@@ -7,9 +7,11 @@ import tensorflow as tf
 from kcl import augment, distribute, losses
 from kcl.heads import PredictionHead, ProjectionHead
 from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
+from kcl.methods.registry import register
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("simsiam")
 class SimSiam(ContrastiveModel):
     """SimSiam (Chen & He, 2020): a Siamese network with stop-gradient and no negatives.
 

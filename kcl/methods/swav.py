@@ -13,6 +13,7 @@ from kcl.methods.base import (
     check_augment_overrides,
     check_widths,
 )
+from kcl.methods.registry import register
 from kcl.queues import FeatureQueue
 
 
@@ -23,6 +24,7 @@ def _check_non_negative_int(name, value):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
+@register("swav", steps_per_epoch=True)
 class SwAV(ContrastiveModel):
     """SwAV (Caron et al., 2020): predict the cluster code of one view from another.
 
