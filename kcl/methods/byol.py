@@ -5,11 +5,12 @@ import numbers
 import keras
 import tensorflow as tf
 
-from kcl import augment, distribute, losses, queues
+from kcl import augment, distribute, losses
 from kcl.checks import check_temperature
 from kcl.heads import PredictionHead, ProjectionHead
 from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
 from kcl.methods.registry import register
+from kcl.momentum import cosine_momentum, ema_update, momentum_copy
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -164,8 +165,8 @@ class BYOL(ContrastiveModel):
         # The target starts as a copy of the online encoder and projector
         # (section 3.1: xi is initialised to theta) and moves only by EMA;
         # the copies' BN still uses batch statistics when training.
-        self.target_encoder = queues.momentum_copy(self.encoder)
-        self.target_projector = queues.momentum_copy(self.projector, (None, self.feature_dim))
+        self.target_encoder = momentum_copy(self.encoder)
+        self.target_projector = momentum_copy(self.projector, (None, self.feature_dim))
         # k in tau_k: EMA updates done so far. Every replica computes the same
         # increment; "only_first_replica" keeps replica 0's, so copies agree.
         self.momentum_step = self.add_weight(
@@ -188,7 +189,7 @@ class BYOL(ContrastiveModel):
         """`tau_k` for the current step counter `k` (a float32 scalar tensor)."""
         if self.total_steps is None:
             return tf.constant(self.base_momentum, "float32")
-        return queues.cosine_momentum(
+        return cosine_momentum(
             tf.convert_to_tensor(self.momentum_step), self.total_steps, self.base_momentum
         )
 
@@ -247,8 +248,8 @@ class BYOL(ContrastiveModel):
         # xi <- tau_k xi + (1 - tau_k) theta from the weights *after* the
         # optimizer step, then k <- k + 1.
         tau = self.momentum
-        queues.ema_update(self.target_encoder, self.encoder, tau)
-        queues.ema_update(self.target_projector, self.projector, tau)
+        ema_update(self.target_encoder, self.encoder, tau)
+        ema_update(self.target_projector, self.projector, tau)
         self.momentum_step.assign_add(1)
 
     def get_config(self):

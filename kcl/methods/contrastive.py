@@ -8,7 +8,7 @@ method from kcl's shared parts, the same ones the named methods use:
 | axis | argument | choices (the part behind each) |
 |---|---|---|
 | similarity: how pairs are made | `pairs` | `"views"`: two augmentations of an image (`kcl.augment`); `"context_instance"`: an image's global feature and its local features (Deep InfoMax) |
-| encoders: queries and keys | `key_encoder` | `"shared"` (end-to-end); `"momentum"` (`kcl.queues.momentum_copy` + `ema_update`); `"memory_bank"` (`kcl.queues.MemoryBank`); a `keras.Model` or preset directory: a frozen pre-trained teacher (a zoo card's name in cards and recipes) |
+| encoders: queries and keys | `key_encoder` | `"shared"` (end-to-end); `"momentum"` (`kcl.momentum.momentum_copy` + `ema_update`); `"memory_bank"` (`kcl.queues.MemoryBank`); a `keras.Model` or preset directory: a frozen pre-trained teacher (a zoo card's name in cards and recipes) |
 | negatives | `negatives` | `"batch"` (the global batch, `kcl.distribute.all_gather`); `"queue"` (`kcl.queues.FeatureQueue`); `"memory_bank"` (rows drawn from the bank) |
 | transform heads | `heads` | `"projection"` (`kcl.heads.ProjectionHead`), `"contextualisation"` (`kcl.heads.ContextualisationHead`), `"quantisation"` (`kcl.heads.QuantisationHead`) |
 | loss | `loss` | `"nt_xent"`, `"info_nce"` (mutual information), `"nce"` (probabilistic), `"margin"`, `"triplet"` (energy); all from `kcl.losses` |
@@ -35,6 +35,7 @@ from kcl.methods.base import (
     check_widths,
 )
 from kcl.methods.registry import register
+from kcl.momentum import ema_update, momentum_copy
 
 PAIRS = ("views", "context_instance")
 KEY_ENCODERS = ("shared", "momentum", "memory_bank")
@@ -313,9 +314,9 @@ class Contrastive(ContrastiveModel):
                 )
             self.key_projector = self._projection("key_projector", int(teacher.output_shape[-1]), self.embedding_dim)
         if self.key_kind == "momentum":
-            self.key_encoder = queues.momentum_copy(self.encoder)
+            self.key_encoder = momentum_copy(self.encoder)
             object.__setattr__(self, "_key_features_of", _feature_model(self.key_encoder) if needs_maps else None)
-            self.key_heads = [queues.momentum_copy(h, s) for h, s in zip(self.query_heads, head_shapes)]
+            self.key_heads = [momentum_copy(h, s) for h, s in zip(self.query_heads, head_shapes)]
         if self.pairs == "context_instance":
             self.local_projector = self._projection("local_projector", map_channels, self.embedding_dim)
         if self.negatives == "queue":
@@ -552,9 +553,9 @@ class Contrastive(ContrastiveModel):
         # this step's keys are enqueued; the bank rows of the batch move
         # towards their new queries (Wu et al.).
         if self.key_kind == "momentum":
-            queues.ema_update(self.key_encoder, self.encoder, self.momentum)
+            ema_update(self.key_encoder, self.encoder, self.momentum)
             for key_head, head in zip(self.key_heads, self.query_heads):
-                queues.ema_update(key_head, head, self.momentum)
+                ema_update(key_head, head, self.momentum)
         if self.negatives == "queue":
             self.queue.enqueue(outputs["keys"])
         if self.key_kind == "memory_bank":

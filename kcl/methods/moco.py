@@ -15,6 +15,7 @@ from kcl.methods.base import (
     check_widths,
 )
 from kcl.methods.registry import register
+from kcl.momentum import ema_update, momentum_copy
 
 
 @keras.saving.register_keras_serializable(package="kcl")
@@ -142,8 +143,8 @@ class MoCoV2(ContrastiveModel):
         self.projector.build((None, self.feature_dim))
         # The key network starts as an exact copy of the query network
         # (MoCo: "initialized as f_q") and never gets a gradient.
-        self.key_encoder = queues.momentum_copy(self.encoder)
-        self.key_projector = queues.momentum_copy(self.projector, (None, self.feature_dim))
+        self.key_encoder = momentum_copy(self.encoder)
+        self.key_projector = momentum_copy(self.projector, (None, self.feature_dim))
         self.queue = queues.FeatureQueue(self.queue_size, self.projection_dim, name="queue")
 
     @classmethod
@@ -199,8 +200,8 @@ class MoCoV2(ContrastiveModel):
         # Order as in MoCo: the key network follows the query network's
         # *updated* weights (theta_k <- m theta_k + (1 - m) theta_q), then the
         # keys of this step, from every replica, replace the oldest entries.
-        queues.ema_update(self.key_encoder, self.encoder, self.momentum)
-        queues.ema_update(self.key_projector, self.projector, self.momentum)
+        ema_update(self.key_encoder, self.encoder, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
         self.queue.enqueue(outputs["keys"])
 
     def get_config(self):
