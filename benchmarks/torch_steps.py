@@ -54,6 +54,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import load_average, machine, peak_rss_mib, run_child, timed_fit  # noqa: E402
 
+# The methods with a torch twin (torch_reference.METHODS; torch is imported only in
+# the child processes, so the names are repeated here). A new kcl method needs no
+# entry: it is compared with torch only once someone writes its twin.
 METHODS = ("simclr", "mocov2", "byol", "simsiam", "nnclr", "swav", "pic")
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9

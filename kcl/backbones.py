@@ -303,6 +303,40 @@ def feature_map_layers(encoder):
     return names
 
 
+def set_synchronized_bn(model, synchronized):
+    """Makes every batch norm inside `model` global across replicas, or per replica.
+
+    Synchronized batch norm computes its statistics over the global batch,
+    so a step on `R` replicas equals a step on one device (kcl's
+    distributed rule, and SimCLR's remedy for the BN "cheating" MoCo
+    describes); per-replica BN uses each replica's share only. Every
+    method calls it on its encoder with its own `synchronized_bn`; call it
+    yourself for a network the method does not own. Set it before the
+    first training step is traced.
+
+    Args:
+        model: a `keras.Model` (or layer); nested models are included.
+        synchronized: `True` for global statistics, `False` per replica.
+
+    Returns:
+        The number of `BatchNormalization` layers set.
+
+    Example:
+
+    >>> encoder = kcl.backbones.get("resnet18_cifar", input_shape=(32, 32, 3))
+    >>> kcl.backbones.set_synchronized_bn(encoder, True)
+    20
+    """
+    if not isinstance(synchronized, bool):
+        raise ValueError(f"`synchronized` must be True or False. Received: synchronized={synchronized!r}")
+    count = 0
+    for layer in model._flatten_layers(include_self=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = synchronized
+            count += 1
+    return count
+
+
 def torchvision_names(model):
     """Maps each weight of a kcl ResNet to its torchvision `state_dict` key.
 

@@ -7,10 +7,12 @@ checkpoints to `OUT/name/` (one per step) and, when its training ends, the
 final state to `OUT/name/final.npz`; a method whose final state exists is
 skipped, so each restart resumes the method that was interrupted.
 
-    python tests/resume_worker.py OUT [--delay SECONDS] [--methods simclr,byol]
+    python tests/resume_worker.py OUT [--delay SECONDS] [--methods simclr,byol] [--register tests.methods.test_toy]
 """
 
 import argparse
+import glob
+import importlib
 import os
 import sys
 import time
@@ -25,19 +27,11 @@ import kcl
 
 SIZE, N, BATCH, EPOCHS = 16, 24, 8, 2
 STEPS = N // BATCH  # 3 steps per epoch, 6 in all; steps 1, 2, 4 and 5 are mid-epoch
-HEAD = {"projection_hidden_dims": (32,), "projection_dim": 16}
-# Small versions of each method, with every piece of state in play: queues
-# (MoCo v2, NNCLR, SwAV), momentum encoders and BYOL's step counter, SwAV's
-# prototype freeze counter, PIC's instance weights.
-METHODS = {
-    "simclr": dict(HEAD),
-    "mocov2": dict(HEAD, queue_size=16),
-    "byol": dict(HEAD, prediction_hidden_dims=(24,), total_steps=EPOCHS * STEPS),
-    "simsiam": {"projection_dims": (32, 32, 16), "prediction_hidden_dims": (8,)},
-    "nnclr": dict(HEAD, prediction_hidden_dims=(32,), queue_size=16),
-    "swav": dict(HEAD, num_prototypes=10, freeze_prototypes_steps=2, queue_size=16, queue_start_epoch=1, steps_per_epoch=STEPS),
-    "pic": dict(HEAD, num_instances=N, num_negatives=8, catch_up_horizon=8),
-}
+# Every registered method in its tiny configuration (`kcl.methods.tiny`),
+# with every piece of state in play: queues (MoCo v2, NNCLR, SwAV), momentum
+# encoders and BYOL's step counter, SwAV's prototype freeze counter, PIC's
+# instance weights, the memory bank of `Contrastive`.
+METHODS = kcl.methods.names()
 
 
 def data():
@@ -45,11 +39,12 @@ def data():
     return rng.integers(0, 256, (N, SIZE, SIZE, 1)).astype("uint8"), rng.integers(0, 3, N)
 
 
-def build(name):
+def build(name, encoder=None):
+    """`name` in its tiny configuration, compiled; `encoder` defaults to a one-conv network."""
     cls = kcl.methods.get(name)
-    # A tiny encoder keeps the trace of seven train steps short; batch norm
-    # adds moving statistics to the state.
-    encoder = keras.Sequential(
+    # A tiny encoder keeps the trace of every method's train step short;
+    # batch norm adds moving statistics to the state.
+    encoder = encoder or keras.Sequential(
         [
             keras.Input((None, None, 1)),
             keras.layers.Conv2D(8, 3, strides=2, use_bias=False),
@@ -58,15 +53,17 @@ def build(name):
             keras.layers.GlobalAveragePooling2D(),
         ]
     )
-    augment = {"small_size": 8} if name in ("swav", "pic") else {}
-    model = cls(encoder, augmenter=cls.default_augmenter(SIZE, seed=1, **augment), num_classes=3, **METHODS[name])
+    tiny = kcl.methods.tiny(name)
+    run = kcl.methods.needs(cls).run_arguments(EPOCHS * STEPS, STEPS, N)
+    augmenter = cls.default_augmenter(SIZE, seed=1, **tiny.augmenter)
+    model = cls(encoder, augmenter=augmenter, num_classes=3, **tiny.config, **run)
     schedule = keras.optimizers.schedules.CosineDecay(0.05, EPOCHS * STEPS)
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9))
     return model
 
 
 def dataset(name, images, labels, initial_step):
-    if name == "pic":
+    if kcl.methods.needs(kcl.methods.get(name)).instance_index:
         scheduler = kcl.data.SlidingWindowScheduler(N, window=N, stride=N, seed=0)
         ds = kcl.data.sliding_window_dataset(
             images, scheduler, BATCH, EPOCHS, initial_epoch=min(initial_step // STEPS, EPOCHS - 1), labels=labels
@@ -92,6 +89,18 @@ def state(model):
     return {f"{g}/{i}": np.asarray(v.numpy()) for g in ("model", "optimizer") for i, v in enumerate(groups[g])}
 
 
+def assert_same_state(resumed, reference, name):
+    """`resumed` holds the same variables as `reference`, each within 1e-6."""
+    assert resumed.keys() == reference.keys(), name
+    worst = max(float(np.max(np.abs(resumed[k].astype("float64") - reference[k]), initial=0.0)) for k in reference)
+    assert worst <= 1e-6, f"{name}: largest difference {worst:.3g} from the uninterrupted run"
+
+
+def checkpoint_steps(directory):
+    """The steps of the checkpoints in `directory`."""
+    return [int(os.path.basename(p)[5:]) for p in glob.glob(os.path.join(directory, "ckpt-*"))]
+
+
 def train(name, out, delay=0.0):
     """Trains (or resumes) `name` with checkpoints in `out/name`; returns its final state."""
     keras.utils.set_random_seed(0)
@@ -112,7 +121,10 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--register", default="", help="a module whose register() registers more methods")
     args = parser.parse_args()
+    if args.register:
+        importlib.import_module(args.register).register()
     for name in args.methods.split(","):
         final = os.path.join(args.out, name, "final.npz")
         if os.path.exists(final):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kcl
 from kcl import augment
 from kcl.augment import (
     ColorJitter,
@@ -528,14 +529,12 @@ def test_bad_channel_count_raises():
         RandomFlip(seed=0)(np.zeros((2, 4, 4, 2), np.float32))
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2", "byol", "simsiam", "nnclr", "swav", "pic"])
+@pytest.mark.parametrize("method", kcl.methods.names())
 def test_crop_only_views_are_random_resized_crops_and_nothing_else(method):
     # The augmentation ablation (NNCLR section 5): every view of every method
     # is only a random resized crop. A constant colour image stays exactly
     # that colour through any crop and resize, and not through the full
     # pipelines (colour jitter with probability 0.8, grayscale 0.2).
-    import kcl
-
     cls = kcl.methods.get(method)
     image = np.broadcast_to(np.array([51, 128, 204], "uint8"), (16, 24, 24, 3))
     for crop_only, expect_constant in ((True, True), (False, False)):

@@ -463,3 +463,25 @@ def test_config_json_round_trip():
     assert backbones.torchvision_names(clone) == backbones.torchvision_names(model)
     images = np.random.default_rng(4).random((2, 8, 8, 3), dtype="float32")
     np.testing.assert_array_equal(clone(images).numpy(), model(images).numpy())
+
+
+def test_set_synchronized_bn_switches_every_batch_norm_and_counts_them():
+    encoder = backbones.get("resnet18_cifar", input_shape=(16, 16, 1), width=0.125)
+    norms = [layer for layer in encoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 20  # the stem, 2 per basic block x 8, 3 shortcut projections
+    for value in (True, False):
+        assert backbones.set_synchronized_bn(encoder, value) == 20
+        assert all(layer.synchronized is value for layer in norms)
+    with pytest.raises(ValueError, match="Received: synchronized='yes'"):
+        backbones.set_synchronized_bn(encoder, "yes")
+
+
+@pytest.mark.parametrize("synchronized_bn", [True, False])
+def test_a_method_sets_its_encoders_batch_norm_to_its_synchronized_bn(synchronized_bn):
+    import kcl
+
+    encoder = backbones.get("resnet18_cifar", input_shape=(16, 16, 1), width=0.125, synchronized_bn=not synchronized_bn)
+    model = kcl.methods.SimCLR(encoder, projection_hidden_dims=(8,), projection_dim=4, synchronized_bn=synchronized_bn)
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.synchronized is synchronized_bn for layer in norms)
+    assert model.get_config()["synchronized_bn"] is synchronized_bn

@@ -15,7 +15,7 @@ from kcl.methods.contrastive import Contrastive
 from kcl.methods.moco import MoCoV2
 from kcl.methods.nnclr import NNCLR
 from kcl.methods.pic import PIC
-from kcl.methods.registry import Needs, get, names, needs, register, unregister
+from kcl.methods.registry import Needs, Tiny, get, names, needs, register, tiny, unregister
 from kcl.methods.simclr import SimCLR
 from kcl.methods.simsiam import SimSiam
 from kcl.methods.swav import SwAV
@@ -31,9 +31,11 @@ __all__ = [
     "SimSiam",
     "SwAV",
     "Needs",
+    "Tiny",
     "get",
     "names",
     "needs",
     "register",
+    "tiny",
     "unregister",
 ]

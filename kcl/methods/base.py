@@ -31,188 +31,23 @@ float32 in [0, 1].
 """
 
 import copy
-import inspect
 import numbers
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kcl import distribute, guard, presets
-from kcl.callbacks import Checkpoint, describe_step
+from kcl import backbones, distribute, guard, presets
+from kcl.callbacks import Checkpoint
 from kcl.callbacks import read as read_checkpoint
-from kcl.checks import did_you_mean, is_positive_int
-
-
-def check_widths(name, dims):
-    """Layer widths as a tuple of ints, or a `ValueError` naming `name`."""
-    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
-        ok = False
-    else:
-        dims = tuple(dims)
-        ok = all(is_positive_int(d) for d in dims)
-    if not ok:
-        raise ValueError(
-            f"`{name}` must be a sequence of positive integers. Received: {name}={dims!r}"
-        )
-    return tuple(int(d) for d in dims)
-
-
-def check_augment_overrides(factory, overrides):
-    """`ValueError` unless every key of `overrides` is an argument of the view factory.
-
-    `factory` is a `kcl.augment` pipeline function (`mocov2_views`,
-    `multicrop_views`, ...); `size` and `seed` are the method's to set.
-    """
-    accepted = set(inspect.signature(factory).parameters) - {"size", "seed"}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        raise ValueError(
-            f"kcl.augment.{factory.__name__} takes no argument named "
-            f"{', '.join(unknown)}. Received: overrides={overrides}"
-        )
-
-
-def check_index_values(index, num_instances):
-    """`ValueError` unless the instance indices `index` are integers in `[0, num_instances)`."""
-    index = np.asarray(index)
-    if not np.issubdtype(index.dtype, np.integer):
-        raise ValueError(
-            f"Instance indices must be integers. Received: index.dtype={index.dtype}"
-        )
-    if index.size and (index.min() < 0 or index.max() >= num_instances):
-        raise ValueError(
-            f"Instance indices must be in [0, {num_instances}) "
-            f"(num_instances={num_instances}). Received: index in "
-            f"[{index.min()}, {index.max()}]"
-        )
-
-
-def check_fit_index(x, num_instances, missing_message):
-    """The first batch `fit` will see carries instance indices in range.
-
-    For methods that keep a row per training image (PIC's instance weights,
-    a memory bank): `missing_message` says how to feed the indices.
-    Generators and PyDatasets pass unchecked.
-    """
-    if isinstance(x, tf.data.Dataset):
-        batch = next(iter(x.take(1)), None)
-        if batch is None:
-            return  # fit reports the empty dataset
-        if isinstance(batch, tuple) and len(batch) == 1:
-            batch = batch[0]
-    elif isinstance(x, (dict, np.ndarray, tuple, list)):
-        batch = x
-    else:
-        return
-    index = batch.get("index") if isinstance(batch, dict) else None
-    if index is None:
-        raise ValueError(f"{missing_message} Received: index=None")
-    check_index_values(index, num_instances)
-
-
-# What keras.Model's **kwargs take; anything else a method receives is unknown.
-_KERAS_ARGUMENTS = (
-    "name", "trainable", "dtype", "autocast", "activity_regularizer", "input_dim",
-    "input_shape", "batch_input_shape", "batch_size", "weights", "implementation",
+from kcl.checks import is_positive_int
+from kcl.methods.inputs import (
+    Position,
+    check_rank_and_channels,
+    full_batches,
+    unknown_arguments,
+    unpack,
 )
-
-
-def _unknown_arguments(cls, kwargs):
-    """The message for arguments of `kwargs` that neither `cls` nor keras.Model takes."""
-    known = [p for p in inspect.signature(cls).parameters if p != "kwargs"]
-    unknown = [k for k in kwargs if k not in _KERAS_ARGUMENTS] or list(kwargs)
-    hint = "".join(did_you_mean(k, known, n=1) for k in unknown)
-    return (
-        f"{cls.__name__} takes no argument named {', '.join(unknown)}.{hint} Its arguments: "
-        f"{', '.join(known)}. Received: {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}"
-    )
-
-
-# "path": the file each example came from (strings), named by the guard's messages.
-BATCH_KEYS = ("images", "views", "label", "index", "textures", "path")
-
-
-def _unpack(data):
-    """Splits a `fit` batch into (images, views, labels, index, textures, path); absent parts are None."""
-    if isinstance(data, (tuple, list)) and len(data) == 1:
-        data = data[0]
-    if isinstance(data, dict):
-        unknown = set(data) - set(BATCH_KEYS)
-        if unknown:
-            raise ValueError(
-                f"A batch dict may hold the keys {', '.join(map(repr, BATCH_KEYS))}. "
-                f"Received: keys={sorted(data)}"
-            )
-        return tuple(data.get(key) for key in BATCH_KEYS)
-    if isinstance(data, (tuple, list)):
-        # (x, y) or Keras' (x, y, sample_weight); sample weights have no
-        # meaning for a self-supervised loss and are ignored.
-        return data[0], None, data[1], None, None, None
-    return data, None, None, None, None, None
-
-
-def _full_batches(x, y, batch_size, fit_kwargs):
-    """`(x, y, batch_size)` for `fit`: arrays become a dataset of full batches when some are left over.
-
-    Only numpy arrays (or a dict of them) whose count `N` is more than one
-    batch and no multiple of it; a dataset, or a `fit` with
-    `validation_split` or `steps_per_epoch`, passes as it is. Pops
-    `shuffle` from `fit_kwargs` when it makes the dataset.
-    """
-    arrays = list(x.values()) if isinstance(x, dict) else [x]
-    if not all(isinstance(a, np.ndarray) for a in arrays) or not arrays:
-        return x, y, batch_size
-    if fit_kwargs.get("validation_split") or fit_kwargs.get("steps_per_epoch"):
-        return x, y, batch_size
-    count = len(arrays[0])
-    batch = min(count, batch_size or 32)  # Keras' default batch size
-    if count % batch == 0:
-        return x, y, batch_size
-    warnings.warn(
-        f"kcl: {count} images make {count // batch} full batches of {batch}; each epoch "
-        f"leaves out {count % batch} of them (other ones each epoch when shuffled), "
-        "since a step needs a full batch. Use a batch size that divides "
-        f"{count} to train on all of them.",
-        stacklevel=3,
-    )
-    dataset = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
-    if fit_kwargs.pop("shuffle", True):
-        dataset = dataset.shuffle(count, reshuffle_each_iteration=True)
-    return dataset.batch(batch, drop_remainder=True), None, None
-
-
-class _Position(keras.callbacks.Callback):
-    """Where `fit` is (epoch and step), for the guard's messages."""
-
-    def __init__(self):
-        super().__init__()
-        self.epoch, self.batch = 0, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.batch = batch
-
-    def describe(self):
-        """E.g. `"at step 7 (epoch 3, step 1 of 3)"`, the form `kcl.callbacks.Checkpoint` uses."""
-        return describe_step(self.epoch, self.batch + 1, (self.params or {}).get("steps"))
-
-
-def _check_rank_and_channels(images, channels, name):
-    shape = images.shape
-    if shape.rank != 4:
-        raise ValueError(
-            f"`{name}` must be a batch of images of shape [N, H, W, C]. "
-            f"Received: {name}.shape={tuple(shape)}"
-        )
-    if channels is not None and shape[-1] is not None and shape[-1] != channels:
-        raise ValueError(
-            f"The encoder takes {channels}-channel images, but `{name}` has "
-            f"{shape[-1]} channels. Received: {name}.shape={tuple(shape)}"
-        )
 
 
 class ContrastiveModel(keras.Model):
@@ -234,20 +69,32 @@ class ContrastiveModel(keras.Model):
             online linear probe trained on stop-gradient features (reported as
             `probe_acc`). `None` means no probe; labels are then refused.
             Defaults to `None`.
+        synchronized_bn: every batch norm the method trains (its encoder's,
+            set here with `kcl.backbones.set_synchronized_bn`, and its
+            heads', key and target networks') computes its statistics over
+            the global batch, so a step on `R` replicas equals a step on one
+            device; `False` for per-replica statistics. The same meaning in
+            every method. Defaults to `True`.
         **kwargs: `keras.Model` arguments (`name`, ...).
+
+    A subclass names the constructor arguments it stores under their own
+    names in `config_keys`; `get_config` returns them (tuples as lists) with
+    the base's and, for methods that take them, the weak negatives'.
     """
 
-    def __init__(self, encoder, augmenter=None, num_classes=None, **kwargs):
+    # Constructor arguments kept as attributes of the same name, returned by
+    # `get_config`; a subclass lists its own.
+    config_keys = ()
+
+    def __init__(self, encoder, augmenter=None, num_classes=None, synchronized_bn=True, **kwargs):
         try:
             super().__init__(**kwargs)
         except ValueError as error:
             if "Unrecognized keyword arguments" not in str(error):
                 raise
             # A misspelt method argument ends up in Keras' **kwargs.
-            raise ValueError(_unknown_arguments(type(self), kwargs)) from None
+            raise ValueError(unknown_arguments(type(self), kwargs)) from None
         if isinstance(encoder, str):
-            from kcl import backbones
-
             encoder = backbones.get(encoder)
         if not isinstance(encoder, keras.Model):
             raise ValueError(
@@ -259,7 +106,11 @@ class ContrastiveModel(keras.Model):
                 "`num_classes` must be an integer of at least 2 (or None for no probe). "
                 f"Received: num_classes={num_classes!r}"
             )
+        if not isinstance(synchronized_bn, (bool, np.bool_)):
+            raise ValueError(f"`synchronized_bn` must be True or False. Received: synchronized_bn={synchronized_bn!r}")
         self.encoder = encoder
+        self.synchronized_bn = bool(synchronized_bn)
+        backbones.set_synchronized_bn(self.encoder, self.synchronized_bn)
         self.augmenter = augmenter
         self.num_classes = None if num_classes is None else int(num_classes)
         self.feature_dim = int(encoder.output_shape[-1])
@@ -457,7 +308,7 @@ class ContrastiveModel(keras.Model):
 
     # ------------------------------------------------------------- training
     def _views_and_labels(self, data):
-        images, views, labels, index, textures, _ = _unpack(data)
+        images, views, labels, index, textures, _ = unpack(data)
         if textures is not None and not getattr(
             getattr(self, "weak_negatives", None), "reads_textures", False
         ):
@@ -467,14 +318,14 @@ class ContrastiveModel(keras.Model):
                 f"them from the data. Received: weak_negatives={getattr(self, 'weak_negatives', None)!r}"
             )
         if textures is not None:
-            _check_rank_and_channels(textures, self.channels, "textures")
+            check_rank_and_channels(textures, self.channels, "textures")
         if views is None:
             if images is None:
                 raise ValueError(
                     "A batch must hold raw images or precomputed views. "
                     "Received: a dict with neither 'images' nor 'views'"
                 )
-            _check_rank_and_channels(images, self.channels, "images")
+            check_rank_and_channels(images, self.channels, "images")
             if self.augmenter is None:
                 raise ValueError(
                     "The model received raw images but has no augmenter. Pass "
@@ -493,7 +344,7 @@ class ContrastiveModel(keras.Model):
             )
         views = list(views)
         for i, view in enumerate(views):
-            _check_rank_and_channels(view, self.channels, f"views[{i}]")
+            check_rank_and_channels(view, self.channels, f"views[{i}]")
         if labels is not None and self.num_classes is None:
             raise ValueError(
                 "Labels were given but the model has no online probe to use "
@@ -512,7 +363,7 @@ class ContrastiveModel(keras.Model):
 
     def _batch_checks(self, data):
         """`kcl.guard.batch_checks` of one batch, against the model's classes and instances."""
-        images, views, labels, index, textures, path = _unpack(data)
+        images, views, labels, index, textures, path = unpack(data)
         if not isinstance(views, (list, tuple)):
             views = None  # a stacked tensor, refused by _views_and_labels
         return guard.batch_checks(
@@ -648,7 +499,7 @@ class ContrastiveModel(keras.Model):
             image_size=tuple(self.encoder.input_shape[1:3]),
         )
         self.build()
-        x, y, batch_size = _full_batches(x, y, batch_size, kwargs)
+        x, y, batch_size = full_batches(x, y, batch_size, kwargs)
         replica_batch = distribute.replica_batch_size(x, self.distribute_strategy)
         if replica_batch != getattr(self, "_replica_batch_size", None):
             self.train_function = None  # traced for another batch size
@@ -660,7 +511,7 @@ class ContrastiveModel(keras.Model):
             if self.jit_compile:
                 # XLA drops the step's assertions: check the batches as they are read.
                 x = guard.guard_dataset(x, self._batch_checks)
-        position = _Position()
+        position = Position()
         if callbacks is None or isinstance(callbacks, (list, tuple)):
             kwargs["callbacks"] = [*(callbacks or []), position]
         try:
@@ -707,7 +558,13 @@ class ContrastiveModel(keras.Model):
                 else keras.saving.serialize_keras_object(self.augmenter)
             ),
             num_classes=self.num_classes,
+            synchronized_bn=self.synchronized_bn,
         )
+        for key in self.config_keys:
+            value = getattr(self, key)
+            config[key] = list(value) if isinstance(value, tuple) else value
+        if hasattr(self, "weak_negatives"):  # set by attach_weak_negatives
+            config.update(self.weak_negatives_config())
         return config
 
     # Constructor arguments that may be Keras objects, serialised by

@@ -8,13 +8,19 @@ import tensorflow as tf
 from kcl import augment, distribute, losses
 from kcl.checks import check_temperature
 from kcl.heads import PredictionHead, ProjectionHead
-from kcl.methods.base import ContrastiveModel, check_augment_overrides, check_widths
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.inputs import check_augment_overrides, check_widths
 from kcl.methods.registry import register
 from kcl.momentum import cosine_momentum, ema_update, momentum_copy
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-@register("byol", total_steps=True, weak_negatives=True)
+@register(
+    "byol",
+    total_steps=True,
+    weak_negatives=True,
+    tiny={"projection_hidden_dims": (32,), "projection_dim": 16, "prediction_hidden_dims": (24,)},
+)
 class BYOL(ContrastiveModel):
     """BYOL (Grill et al., 2020): predict a slow-moving target's projection.
 
@@ -42,9 +48,9 @@ class BYOL(ContrastiveModel):
     official code, so batch norm normalises each view with its own
     statistics; the target runs in training mode too (batch statistics), its
     BN moving statistics following its own forward passes. With
-    synchronized BN (the default in the heads; pass a backbone built with
-    `synchronized_bn=True` for the encoder) the statistics are those of the
-    global batch, as in the paper's global BN.
+    synchronized BN (`synchronized_bn=True`, the default: encoder, target
+    and heads) the statistics are those of the global batch, as in the
+    paper's global BN.
 
     Args:
         encoder: `keras.Model` from views to features, or a backbone name.
@@ -62,8 +68,8 @@ class BYOL(ContrastiveModel):
         total_steps: `K`, the number of training steps over which `tau`
             rises to 1 (set it to `epochs * steps_per_epoch`). `None` keeps
             `tau = base_momentum` throughout. Defaults to `None`.
-        synchronized_bn: batch norm in the heads over the global batch.
-            Defaults to `True`.
+        synchronized_bn: every batch norm of the encoder and the heads over
+            the global batch (`ContrastiveModel`). Defaults to `True`.
         weak_negatives: a Keras layer turning each batch of views into
             weak-semantic negatives (Ge et al., 2021), e.g.
             `kcl.negatives.PatchNegatives()`, or `None` for plain BYOL. With
@@ -102,6 +108,8 @@ class BYOL(ContrastiveModel):
         - [Grill et al., 2020](https://arxiv.org/abs/2006.07733)
     """
 
+    config_keys = ("projection_hidden_dims", "projection_dim", "prediction_hidden_dims", "base_momentum", "total_steps", "weak_temperature")
+
     def __init__(
         self,
         encoder,
@@ -138,7 +146,9 @@ class BYOL(ContrastiveModel):
                 f"constant momentum. Received: total_steps={total_steps!r}"
             )
         weak_temperature = check_temperature("weak_temperature", weak_temperature)
-        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        super().__init__(
+            encoder, augmenter=augmenter, num_classes=num_classes, synchronized_bn=synchronized_bn, **kwargs
+        )
         self.attach_weak_negatives(weak_negatives, alpha)
         self.weak_temperature = float(weak_temperature)
         self.projection_hidden_dims = projection_hidden_dims
@@ -146,7 +156,6 @@ class BYOL(ContrastiveModel):
         self.prediction_hidden_dims = prediction_hidden_dims
         self.base_momentum = float(base_momentum)
         self.total_steps = None if total_steps is None else int(total_steps)
-        self.synchronized_bn = bool(synchronized_bn)
 
         self.projector = ProjectionHead(
             hidden_dims=self.projection_hidden_dims,
@@ -251,18 +260,3 @@ class BYOL(ContrastiveModel):
         ema_update(self.target_encoder, self.encoder, tau)
         ema_update(self.target_projector, self.projector, tau)
         self.momentum_step.assign_add(1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            projection_hidden_dims=list(self.projection_hidden_dims),
-            projection_dim=self.projection_dim,
-            prediction_hidden_dims=list(self.prediction_hidden_dims),
-            base_momentum=self.base_momentum,
-            total_steps=self.total_steps,
-            synchronized_bn=self.synchronized_bn,
-            weak_temperature=self.weak_temperature,
-            **self.weak_negatives_config(),
-        )
-        return config
-

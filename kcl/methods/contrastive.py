@@ -28,12 +28,8 @@ import tensorflow as tf
 
 from kcl import backbones, distribute, heads, losses, presets, queues
 from kcl.checks import check_number, check_positive_int, check_temperature, did_you_mean
-from kcl.methods.base import (
-    ContrastiveModel,
-    check_fit_index,
-    check_index_values,
-    check_widths,
-)
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.inputs import check_fit_index, check_index_values, check_widths
 from kcl.methods.registry import register
 from kcl.momentum import ema_update, momentum_copy
 
@@ -101,7 +97,12 @@ def _feature_model(network):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-@register("contrastive", instance_index=True)
+# Tiny: instance discrimination with a memory bank, the path only this class has.
+@register(
+    "contrastive",
+    instance_index=True,
+    tiny={"projection_hidden_dims": (32,), "projection_dim": 16, "key_encoder": "memory_bank", "loss": "nce", "num_negatives": 8},
+)
 class Contrastive(ContrastiveModel):
     """A contrastive method assembled from parts (the survey's framework).
 
@@ -224,6 +225,28 @@ class Contrastive(ContrastiveModel):
         - [Hjelm et al., 2019 (Deep InfoMax)](https://arxiv.org/abs/1808.06670)
     """
 
+    config_keys = (
+        "pairs",
+        "negatives",
+        "projection_hidden_dims",
+        "projection_dim",
+        "projection_batch_norm",
+        "temperature",
+        "margin",
+        "momentum",
+        "queue_size",
+        "num_instances",
+        "num_negatives",
+        "bank_momentum",
+        "num_codebooks",
+        "codebook_size",
+        "gumbel_temperature",
+        "diversity_weight",
+        "context_units",
+        "context_mode",
+        "seed",
+    )
+
     def __init__(
         self,
         encoder,
@@ -289,15 +312,12 @@ class Contrastive(ContrastiveModel):
         self.diversity_weight = check_number("diversity_weight", diversity_weight, 0)
         self.context_units = check_positive_int("context_units", context_units)
         self.context_mode = _choice("context_mode", context_mode, ("gru", "attention"))
-        self.synchronized_bn = bool(synchronized_bn)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
         self.seed = seed
-        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
-
-        for layer in self.encoder._flatten_layers(include_self=False):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = self.synchronized_bn
+        super().__init__(
+            encoder, augmenter=augmenter, num_classes=num_classes, synchronized_bn=synchronized_bn, **kwargs
+        )
         needs_maps = self.pairs == "context_instance" or "contextualisation" in self.head_names
         # Kept out of Keras' tracking: its layers and variables are the encoder's.
         object.__setattr__(self, "_features_of", _feature_model(self.encoder) if needs_maps else None)
@@ -573,32 +593,11 @@ class Contrastive(ContrastiveModel):
     nested_objects = (*ContrastiveModel.nested_objects, "key_encoder")
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            pairs=self.pairs,
-            key_encoder=(
-                self.key_kind if self.teacher is None else keras.saving.serialize_keras_object(self.teacher)
-            ),
-            negatives=self.negatives,
-            heads=list(self.head_names),
-            loss=self.loss_name,
-            projection_hidden_dims=list(self.projection_hidden_dims),
-            projection_dim=self.projection_dim,
-            projection_batch_norm=self.projection_batch_norm,
-            temperature=self.temperature,
-            margin=self.margin,
-            momentum=self.momentum,
-            queue_size=self.queue_size,
-            num_instances=self.num_instances,
-            num_negatives=self.num_negatives,
-            bank_momentum=self.bank_momentum,
-            num_codebooks=self.num_codebooks,
-            codebook_size=self.codebook_size,
-            gumbel_temperature=self.gumbel_temperature,
-            diversity_weight=self.diversity_weight,
-            context_units=self.context_units,
-            context_mode=self.context_mode,
-            synchronized_bn=self.synchronized_bn,
-            seed=self.seed,
-        )
-        return config
+        # The three arguments stored under other names (or as a network).
+        teacher = None if self.teacher is None else keras.saving.serialize_keras_object(self.teacher)
+        return {
+            **super().get_config(),
+            "key_encoder": self.key_kind if teacher is None else teacher,
+            "heads": list(self.head_names),
+            "loss": self.loss_name,
+        }

@@ -9,17 +9,14 @@ import tensorflow as tf
 from kcl import augment, distribute, losses, queues
 from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead
-from kcl.methods.base import (
-    ContrastiveModel,
-    check_augment_overrides,
-    check_widths,
-)
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.inputs import check_augment_overrides, check_widths
 from kcl.methods.registry import register
 from kcl.momentum import ema_update, momentum_copy
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-@register("mocov2", weak_negatives=True)
+@register("mocov2", weak_negatives=True, tiny={"projection_hidden_dims": (32,), "projection_dim": 16, "queue_size": 16})
 class MoCoV2(ContrastiveModel):
     """MoCo v2 (Chen et al., 2020): InfoNCE against a queue of momentum-encoded keys.
 
@@ -97,6 +94,8 @@ class MoCoV2(ContrastiveModel):
           Representation Learning](https://arxiv.org/abs/1911.05722)
     """
 
+    config_keys = ("projection_hidden_dims", "projection_dim", "queue_size", "temperature", "momentum")
+
     def __init__(
         self,
         encoder,
@@ -120,20 +119,18 @@ class MoCoV2(ContrastiveModel):
             raise ValueError(
                 f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}"
             )
-        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        super().__init__(
+            encoder, augmenter=augmenter, num_classes=num_classes, synchronized_bn=synchronized_bn, **kwargs
+        )
         self.projection_hidden_dims = tuple(int(d) for d in hidden_dims)
         self.projection_dim = int(projection_dim)
         self.queue_size = int(queue_size)
         self.temperature = float(temperature)
         self.momentum = float(momentum)
-        self.synchronized_bn = bool(synchronized_bn)
         self.attach_weak_negatives(weak_negatives, alpha)
 
-        # Global (or per-replica) BN in the encoder, set before the key
-        # encoder is cloned from it so both use the same scheme.
-        for layer in self.encoder._flatten_layers(include_self=False):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.synchronized = self.synchronized_bn
+        # The base set the encoder's BN to `synchronized_bn` before the key
+        # encoder is cloned from it, so both use the same scheme.
         self.projector = ProjectionHead(
             hidden_dims=self.projection_hidden_dims,
             output_dim=self.projection_dim,
@@ -203,16 +200,3 @@ class MoCoV2(ContrastiveModel):
         ema_update(self.key_encoder, self.encoder, self.momentum)
         ema_update(self.key_projector, self.projector, self.momentum)
         self.queue.enqueue(outputs["keys"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            projection_hidden_dims=list(self.projection_hidden_dims),
-            projection_dim=self.projection_dim,
-            queue_size=self.queue_size,
-            temperature=self.temperature,
-            momentum=self.momentum,
-            synchronized_bn=self.synchronized_bn,
-            **self.weak_negatives_config(),
-        )
-        return config

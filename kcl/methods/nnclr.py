@@ -7,11 +7,8 @@ import tensorflow as tf
 from kcl import augment, distribute, losses
 from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import PredictionHead, ProjectionHead
-from kcl.methods.base import (
-    ContrastiveModel,
-    check_augment_overrides,
-    check_widths,
-)
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.inputs import check_augment_overrides, check_widths
 from kcl.methods.registry import register
 from kcl.queues import FeatureQueue
 
@@ -20,7 +17,11 @@ SUPPORT_CHUNK = 16384
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-@register("nnclr", weak_negatives=True)
+@register(
+    "nnclr",
+    weak_negatives=True,
+    tiny={"projection_hidden_dims": (32,), "projection_dim": 16, "prediction_hidden_dims": (32,), "queue_size": 16},
+)
 class NNCLR(ContrastiveModel):
     """NNCLR (Dwibedi et al., 2021): a support-set neighbour as the positive.
 
@@ -85,8 +86,8 @@ class NNCLR(ContrastiveModel):
         queue_size: number of rows `K` of the support set; a multiple of the
             global batch size. Defaults to `98304`.
         temperature: InfoNCE temperature `t`. Defaults to `0.1`.
-        synchronized_bn: batch norm in the heads over the global batch.
-            Defaults to `True`.
+        synchronized_bn: every batch norm of the encoder and the heads over
+            the global batch (`ContrastiveModel`). Defaults to `True`.
         weak_negatives: a Keras layer turning each batch of views into
             weak-semantic negatives (Ge et al., 2021; an extension, the paper
             used MoCo and BYOL), e.g. `kcl.negatives.PatchNegatives()`, or
@@ -116,6 +117,8 @@ class NNCLR(ContrastiveModel):
           https://arxiv.org/abs/2006.07733)
     """
 
+    config_keys = ("projection_hidden_dims", "projection_dim", "prediction_hidden_dims", "queue_size", "temperature")
+
     def __init__(
         self,
         encoder,
@@ -136,14 +139,15 @@ class NNCLR(ContrastiveModel):
         projection_dim = check_positive_int("projection_dim", projection_dim)
         queue_size = check_positive_int("queue_size", queue_size)
         temperature = check_temperature("temperature", temperature)
-        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        super().__init__(
+            encoder, augmenter=augmenter, num_classes=num_classes, synchronized_bn=synchronized_bn, **kwargs
+        )
         self.attach_weak_negatives(weak_negatives, alpha)
         self.projection_hidden_dims = projection_hidden_dims
         self.projection_dim = projection_dim
         self.prediction_hidden_dims = prediction_hidden_dims
         self.queue_size = queue_size
         self.temperature = float(temperature)
-        self.synchronized_bn = bool(synchronized_bn)
 
         # Projector 2048-2048-256 with BN after every layer, the output
         # included (paper section 3.2, following SimCLR v2).
@@ -282,16 +286,3 @@ class NNCLR(ContrastiveModel):
         # Q <- the global batch's normalised view-1 projections, after the
         # look-up (the step's neighbours came from the old Q).
         self.support_set.enqueue(outputs["support_keys"], outputs["support_labels"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            projection_hidden_dims=list(self.projection_hidden_dims),
-            projection_dim=self.projection_dim,
-            prediction_hidden_dims=list(self.prediction_hidden_dims),
-            queue_size=self.queue_size,
-            temperature=self.temperature,
-            synchronized_bn=self.synchronized_bn,
-            **self.weak_negatives_config(),
-        )
-        return config

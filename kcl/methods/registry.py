@@ -51,25 +51,53 @@ class Needs:
         return {name: value for name, value in arguments.items() if wanted[name]}
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiny:
+    """The smallest configuration of a method that still has all its state in play.
+
+    The contract test (tests/methods/test_contract.py) builds every
+    registered method from it with a tiny encoder, 16-px greyscale images,
+    24 training images and batches of 8 (`queue_size` a multiple of 8), and
+    puts it through every check a method must pass. What a run fills in
+    (`Needs.run_arguments`) is not part of it.
+
+    Attributes:
+        config: constructor arguments besides the encoder and augmenter,
+            e.g. `{"projection_hidden_dims": (32,), "projection_dim": 16}`.
+        augmenter: arguments of the class's `default_augmenter(16, ...)`,
+            e.g. `{"small_size": 8}` for multi-crop.
+    """
+
+    config: dict = dataclasses.field(default_factory=dict)
+    augmenter: dict = dataclasses.field(default_factory=dict)
+
+
 _METHODS = {}
 _NEEDS = {}
+_TINY = {}
 
 
-def register(name, **needs):
+def register(name, tiny=None, tiny_augmenter=None, **needs):
     """Class decorator: records a method class under `name` (lower case) with its `Needs`.
 
     Args:
         name: the method's name for `get`, cards and `kcl pretrain --method`.
+        tiny: the method's `Tiny.config`, the arguments of its smallest
+            configuration that the contract test trains (default: the
+            constructor's defaults).
+        tiny_augmenter: the `Tiny.augmenter` arguments.
         **needs: the fields of `Needs` that are true for this method.
     """
     key = str(name).lower()
     recorded = Needs(**needs)
+    small = Tiny(dict(tiny or {}), dict(tiny_augmenter or {}))
 
     def decorate(cls):
         if _METHODS.get(key, cls) is not cls:
             raise ValueError(f"A method is already registered as {key!r} ({_METHODS[key].__name__}). Received: name={name!r}")
         _METHODS[key] = cls
         _NEEDS[cls] = recorded
+        _TINY[key] = small
         return cls
 
     return decorate
@@ -77,8 +105,10 @@ def register(name, **needs):
 
 def unregister(name):
     """Forgets the method `name` (for methods registered by tests)."""
-    cls = _METHODS.pop(str(name).lower(), None)
+    key = str(name).lower()
+    cls = _METHODS.pop(key, None)
     _NEEDS.pop(cls, None)
+    _TINY.pop(key, None)
 
 
 def names():
@@ -100,3 +130,9 @@ def needs(cls):
         if base in _NEEDS:
             return _NEEDS[base]
     return Needs()
+
+
+def tiny(name):
+    """The `Tiny` configuration the method `name` registered, for the contract test."""
+    get(name)  # the one error for an unknown name
+    return _TINY[str(name).lower()]

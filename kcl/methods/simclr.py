@@ -7,16 +7,13 @@ import tensorflow as tf
 from kcl import augment, distribute, losses
 from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead
-from kcl.methods.base import (
-    ContrastiveModel,
-    check_augment_overrides,
-    check_widths,
-)
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.inputs import check_augment_overrides, check_widths
 from kcl.methods.registry import register
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-@register("simclr", weak_negatives=True)
+@register("simclr", weak_negatives=True, tiny={"projection_hidden_dims": (32,), "projection_dim": 16})
 class SimCLR(ContrastiveModel):
     """SimCLR (Chen et al., 2020): NT-Xent between two augmented views.
 
@@ -31,9 +28,9 @@ class SimCLR(ContrastiveModel):
     (negatives from the whole global batch; the positive's column is offset by
     the replica's position), and divides by the global `2B`. Both views pass
     through the encoder as one batch of `2b`, as in the official code, so
-    batch norm sees both views; with synchronized BN (the default in the
-    head; pass a backbone built with `synchronized_bn=True` for the encoder)
-    the statistics are those of the global batch, as in the paper's global BN.
+    batch norm sees both views; with synchronized BN (`synchronized_bn=True`,
+    the default: encoder and head) the statistics are those of the global
+    batch, as in the paper's global BN.
 
     Args:
         encoder: `keras.Model` from views to features, or a backbone name.
@@ -46,8 +43,8 @@ class SimCLR(ContrastiveModel):
         projection_dim: output width of the projection. Defaults to `128`.
         temperature: NT-Xent temperature `t`. Defaults to `0.1` (ImageNet;
             the paper uses 0.5 on CIFAR-10).
-        synchronized_bn: batch norm in the head over the global batch.
-            Defaults to `True`.
+        synchronized_bn: every batch norm of the encoder and the heads over
+            the global batch (`ContrastiveModel`). Defaults to `True`.
         weak_negatives: a Keras layer turning each batch of views into
             weak-semantic negatives (Ge et al., 2021; an extension of the
             paper, which used MoCo and BYOL), e.g.
@@ -75,6 +72,8 @@ class SimCLR(ContrastiveModel):
         - [Chen et al., 2020](https://arxiv.org/abs/2002.05709)
     """
 
+    config_keys = ("projection_hidden_dims", "projection_dim", "temperature")
+
     def __init__(
         self,
         encoder,
@@ -91,12 +90,13 @@ class SimCLR(ContrastiveModel):
         projection_hidden_dims = check_widths("projection_hidden_dims", projection_hidden_dims)
         projection_dim = check_positive_int("projection_dim", projection_dim)
         temperature = check_temperature("temperature", temperature)
-        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        super().__init__(
+            encoder, augmenter=augmenter, num_classes=num_classes, synchronized_bn=synchronized_bn, **kwargs
+        )
         self.attach_weak_negatives(weak_negatives, alpha)
         self.projection_hidden_dims = projection_hidden_dims
         self.projection_dim = projection_dim
         self.temperature = float(temperature)
-        self.synchronized_bn = bool(synchronized_bn)
         self.projector = ProjectionHead(
             hidden_dims=self.projection_hidden_dims,
             output_dim=self.projection_dim,
@@ -149,14 +149,3 @@ class SimCLR(ContrastiveModel):
             alpha=self.alpha,
         )
         return {"loss": distribute.global_mean(per_example), "features": features[:b]}
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            projection_hidden_dims=list(self.projection_hidden_dims),
-            projection_dim=self.projection_dim,
-            temperature=self.temperature,
-            synchronized_bn=self.synchronized_bn,
-            **self.weak_negatives_config(),
-        )
-        return config

@@ -8,11 +8,8 @@ import tensorflow as tf
 from kcl import augment, distribute, losses
 from kcl.checks import check_positive_int, check_temperature
 from kcl.heads import ProjectionHead, Prototypes
-from kcl.methods.base import (
-    ContrastiveModel,
-    check_augment_overrides,
-    check_widths,
-)
+from kcl.methods.base import ContrastiveModel
+from kcl.methods.inputs import check_augment_overrides, check_widths
 from kcl.methods.registry import register
 from kcl.queues import FeatureQueue
 
@@ -24,7 +21,19 @@ def _check_non_negative_int(name, value):
 
 
 @keras.saving.register_keras_serializable(package="kcl")
-@register("swav", steps_per_epoch=True)
+@register(
+    "swav",
+    steps_per_epoch=True,
+    tiny={
+        "projection_hidden_dims": (32,),
+        "projection_dim": 16,
+        "num_prototypes": 10,
+        "freeze_prototypes_steps": 2,
+        "queue_size": 16,
+        "queue_start_epoch": 1,
+    },
+    tiny_augmenter={"small_size": 8},
+)
 class SwAV(ContrastiveModel):
     """SwAV (Caron et al., 2020): predict the cluster code of one view from another.
 
@@ -98,8 +107,8 @@ class SwAV(ContrastiveModel):
             used. Defaults to `15`.
         steps_per_epoch: steps in an epoch, to turn `queue_start_epoch` into a
             step; required when `queue_size > 0`. Defaults to `None`.
-        synchronized_bn: BN of the projector over the global batch. Defaults
-            to `True`.
+        synchronized_bn: every batch norm of the encoder and the heads over
+            the global batch (`ContrastiveModel`). Defaults to `True`.
         num_classes: classes for the online linear probe; `None` for none.
             Defaults to `None`.
         **kwargs: `keras.Model` arguments.
@@ -117,6 +126,20 @@ class SwAV(ContrastiveModel):
         - [Caron et al., 2020. Unsupervised Learning of Visual Features by
           Contrasting Cluster Assignments](https://arxiv.org/abs/2006.09882)
     """
+
+    config_keys = (
+        "projection_hidden_dims",
+        "projection_dim",
+        "num_prototypes",
+        "temperature",
+        "epsilon",
+        "sinkhorn_iterations",
+        "num_large_crops",
+        "freeze_prototypes_steps",
+        "queue_size",
+        "queue_start_epoch",
+        "steps_per_epoch",
+    )
 
     def __init__(
         self,
@@ -157,7 +180,9 @@ class SwAV(ContrastiveModel):
             )
         if steps_per_epoch is not None:
             steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
-        super().__init__(encoder, augmenter=augmenter, num_classes=num_classes, **kwargs)
+        super().__init__(
+            encoder, augmenter=augmenter, num_classes=num_classes, synchronized_bn=synchronized_bn, **kwargs
+        )
         self.projection_hidden_dims = hidden_dims
         self.projection_dim = projection_dim
         self.num_prototypes = num_prototypes
@@ -169,7 +194,6 @@ class SwAV(ContrastiveModel):
         self.queue_size = queue_size
         self.queue_start_epoch = queue_start_epoch
         self.steps_per_epoch = steps_per_epoch
-        self.synchronized_bn = bool(synchronized_bn)
 
         self.projector = ProjectionHead(
             hidden_dims=hidden_dims,
@@ -304,21 +328,3 @@ class SwAV(ContrastiveModel):
         for queue, z in zip(self.queues, outputs["large_embeddings"]):
             queue.enqueue(z)
         self.step.assign_add(1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            projection_hidden_dims=list(self.projection_hidden_dims),
-            projection_dim=self.projection_dim,
-            num_prototypes=self.num_prototypes,
-            temperature=self.temperature,
-            epsilon=self.epsilon,
-            sinkhorn_iterations=self.sinkhorn_iterations,
-            num_large_crops=self.num_large_crops,
-            freeze_prototypes_steps=self.freeze_prototypes_steps,
-            queue_size=self.queue_size,
-            queue_start_epoch=self.queue_start_epoch,
-            steps_per_epoch=self.steps_per_epoch,
-            synchronized_bn=self.synchronized_bn,
-        )
-        return config

@@ -122,8 +122,10 @@ def check_distributed_equivalence(build, batch, optimizer=sgd, steps=1, rtol=1e-
     dataset = tf.data.Dataset.from_tensors(batch).repeat(steps)
     single_logs = single.fit(dataset, epochs=1, verbose=0).history
     multi_logs = multi.fit(dataset, epochs=1, verbose=0).history
-    np.testing.assert_allclose(multi_logs["loss"], single_logs["loss"], rtol=rtol)
+    # atol: a loss near 0 (SimSiam's cosine at the start) has no meaningful relative error.
+    np.testing.assert_allclose(multi_logs["loss"], single_logs["loss"], rtol=rtol, atol=1e-5)
 
+    trainable = {id(v) for v in single.trainable_variables}
     changed = 0
     for a, b, start in zip(single.variables, multi.variables, initial):
         copies = _local_copies(strategy, b)
@@ -131,9 +133,10 @@ def check_distributed_equivalence(build, batch, optimizer=sgd, steps=1, rtol=1e-
             np.testing.assert_array_equal(copy, copies[0], err_msg=f"replicas drifted: {b.path}")
         delta_single, delta_multi = a.numpy() - start, copies[0] - start
         scale = np.abs(delta_single).max()
-        changed += scale > 0
+        changed += bool(scale > 0) and id(a) in trainable
         np.testing.assert_allclose(
             delta_multi, delta_single, rtol=rtol, atol=rtol * scale + 1e-7, err_msg=a.path
         )
-    assert changed > len(initial) // 2, "the step changed almost nothing"
+    # Most trainable weights moved (state such as a queue may fill later).
+    assert changed > len(trainable) // 2, "the step changed almost nothing"
     return single, multi, single_logs["loss"][0], multi_logs["loss"][0]

@@ -54,10 +54,6 @@ def set_support(model, keys, labels=None):
         model.support_set.labels.assign(np.asarray(labels, "int32"))
 
 
-def test_fit_step_gives_finite_loss_and_gradients_everywhere():
-    checks.check_fit_step(build, views_batch())
-
-
 def test_when_support_set_is_z1_loss_is_cross_view_info_nce():
     # METHODS.md check: with Q = the current normalised z1, NN(z1_i) = z1_i and
     # the loss is plain InfoNCE between z1 and p2 (both directions), plus the

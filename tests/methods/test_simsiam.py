@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import kcl
 from kcl.losses import negative_cosine_similarity
 from kcl.methods.simsiam import SimSiam
 from tests.methods import checks
@@ -197,20 +196,6 @@ def test_config_round_trip_and_save_load(tmp_path):
     config = json.loads(json.dumps(model.get_config()))
     assert config["projection_dims"] == [32, 32, 16] and config["synchronized_bn"] is True
     checks.check_save_load(model, checks.random_images(4), tmp_path)
-
-
-def small_encoder():
-    # A ResNet-10 (one basic block per stage, CIFAR stem, width 1/8) with
-    # synchronized BN and projection shortcuts: the layers of
-    # `checks.tiny_encoder()` at half the depth. Each view takes its own
-    # encoder pass, so the two-replica check uses it to stay quick on a CPU.
-    return kcl.backbones.ResNet(
-        "basic", (1, 1, 1, 1), stem="cifar", width=0.125, input_shape=(16, 16, 1), synchronized_bn=True
-    )
-
-
-def test_distributed_step_equals_single_device_step():
-    checks.check_distributed_equivalence(lambda: build(encoder=small_encoder()), views_batch(8))
 
 
 @pytest.mark.parametrize(
