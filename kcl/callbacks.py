@@ -56,6 +56,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 
@@ -233,6 +236,8 @@ class Checkpoint(keras.callbacks.Callback):
         self._verified = None  # (checkpoint folders, what _newest_valid found in them)
         self._damaged = []  # damaged checkpoints newer than that, set aside when training starts
         self._trained = None
+        self.interrupted = False  # set by Ctrl-C during fit: the step under way was saved and fit stopped
+        self._previous_sigint = None
 
     # --------------------------------------------------------------- reading
     def checkpoints(self):
@@ -433,7 +438,31 @@ class Checkpoint(keras.callbacks.Callback):
         if self.clock is not None:
             self.clock.seconds = float(manifest.get("train_seconds") or 0.0)
 
+    # ------------------------------------------------------------ Ctrl-C
+    def _catch_interrupt(self):
+        """Until training ends, Ctrl-C (SIGINT) finishes the step under way, saves it and stops fit.
+
+        `interrupted` then says so. A second Ctrl-C stops at once (Python's
+        own handler). Only the main thread can set a signal handler; in any
+        other, Ctrl-C keeps its usual effect.
+        """
+        self.interrupted = False
+        self._previous_sigint = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum, frame):
+        self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        print("kcl: interrupted: finishing this step and saving it (Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
+
+    def _release_interrupt(self):
+        if self._previous_sigint is not None and signal.getsignal(signal.SIGINT) == self._on_interrupt:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
+
     def on_train_begin(self, logs=None):
+        self._catch_interrupt()
         self._steps_per_epoch = self.params.get("steps")
         if not self._steps_per_epoch:
             raise ValueError(
@@ -505,6 +534,9 @@ class Checkpoint(keras.callbacks.Callback):
                     f"the inputs for NaN/Inf values, then resume from it. Received: loss={loss}"
                 )
         self._trained = (step, self._epoch, step_in_epoch)
+        if self.interrupted:
+            self.model.stop_training = True  # on_train_end saves this step
+            return
         if step_in_epoch == self._steps_per_epoch:
             return  # saved by on_epoch_end, as the start of the next epoch
         if self.every != "epoch" and step % self.every == 0 and self._should_write():
@@ -518,6 +550,7 @@ class Checkpoint(keras.callbacks.Callback):
             self.save((epoch + 1) * self._steps_per_epoch, epoch + 1, 0)
 
     def on_train_end(self, logs=None):
+        self._release_interrupt()
         self.model._initial_epoch = None
         if self._skip:  # fit ended inside the skipped steps
             self.model.train_function = self._train_function

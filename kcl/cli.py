@@ -1135,6 +1135,8 @@ def cmd_pretrain(args):
             if raised is not None and type(error).__module__.startswith("tensorflow"):
                 raise raised from None
             raise
+        if checkpoint.interrupted:
+            raise Interrupted(f"interrupted. {checkpoint.last_saved()} Run the same command to resume.")
     else:
         print(f"kcl: the run in {args.out} has finished training; evaluating it again.", flush=True)
         checkpoint.restore(model)
@@ -1820,6 +1822,10 @@ def _exit_code(error):
     return None
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped `kcl pretrain` after saving the step under way (exit status 130)."""
+
+
 def main(argv=None):
     # kcl/__init__.py silences TensorFlow's start-up notices for the command
     # before TensorFlow is imported; this covers a direct call of main().
@@ -1840,6 +1846,12 @@ def main(argv=None):
     }[args.command]
     try:
         command(args)
+    except Interrupted as error:  # Ctrl-C in training: the step under way was saved
+        print(f"kcl {args.command}: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        print(f"kcl {args.command}: stopped by Ctrl-C.", file=sys.stderr)
+        return 130
     except Exception as error:
         # Errors kcl reports get one line, never a stack trace; a bug keeps its traceback.
         code = _exit_code(error)

@@ -394,6 +394,37 @@ def test_kcl_pretrain_killed_then_run_again_ends_as_if_never_interrupted(tmp_pat
     assert [s["from_step"] for s in sessions] == [0, killed_at] and all(s["trained"] for s in sessions)
 
 
+def test_ctrl_c_saves_the_step_under_way_says_so_in_one_line_and_the_same_command_resumes(tmp_path):
+    from kcl import cli
+
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    assert cli.main(pretrain_argv(reference)) == 0
+    argv = pretrain_argv(resumed)
+    argv[argv.index("--checkpoint-every") + 1] = "500"  # only Ctrl-C saves mid-epoch
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kcl.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(resumed, "sessions.jsonl")) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(3)  # fit has begun: the first step is being traced or run (12 steps take longer)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    saved = max(_steps(os.path.join(resumed, "checkpoints")))
+    assert 1 <= saved < 12
+    assert err.strip().splitlines()[-1] == (
+        f"kcl pretrain: interrupted. The last good checkpoint is "
+        f"{os.path.join(resumed, 'checkpoints', f'ckpt-{saved:09d}')} (step {saved}). Run the same command to resume."
+    )
+    assert cli.main(argv) == 0  # the same command again
+    final = "checkpoints/ckpt-000000012"
+    a = kcl.callbacks.read(os.path.join(resumed, final))[1]
+    b = kcl.callbacks.read(os.path.join(reference, final))[1]
+    assert_same_state(a, b, f"kcl pretrain interrupted by Ctrl-C after step {saved}")
+
+
 def test_kcl_pretrain_refuses_to_resume_with_other_settings(tmp_path, capsys):
     from kcl import cli
 
