@@ -56,9 +56,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 import warnings
 
@@ -67,6 +64,7 @@ import numpy as np
 
 from kcl import files
 from kcl.guard import NonFiniteLossError, NonFiniteStateError
+from kcl.interrupts import CtrlC
 
 FORMAT = 1
 STATE, MANIFEST = "state.npz", "manifest.json"
@@ -236,8 +234,7 @@ class Checkpoint(keras.callbacks.Callback):
         self._verified = None  # (checkpoint folders, what _newest_valid found in them)
         self._damaged = []  # damaged checkpoints newer than that, set aside when training starts
         self._trained = None
-        self.interrupted = False  # set by Ctrl-C during fit: the step under way was saved and fit stopped
-        self._previous_sigint = None
+        self.ctrl_c = CtrlC("finishing this step and saving it")  # .pressed: fit stopped after saving its step
 
     # --------------------------------------------------------------- reading
     def checkpoints(self):
@@ -438,31 +435,8 @@ class Checkpoint(keras.callbacks.Callback):
         if self.clock is not None:
             self.clock.seconds = float(manifest.get("train_seconds") or 0.0)
 
-    # ------------------------------------------------------------ Ctrl-C
-    def _catch_interrupt(self):
-        """Until training ends, Ctrl-C (SIGINT) finishes the step under way, saves it and stops fit.
-
-        `interrupted` then says so. A second Ctrl-C stops at once (Python's
-        own handler). Only the main thread can set a signal handler; in any
-        other, Ctrl-C keeps its usual effect.
-        """
-        self.interrupted = False
-        self._previous_sigint = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_interrupt)
-
-    def _on_interrupt(self, signum, frame):
-        self.interrupted = True
-        signal.signal(signal.SIGINT, self._previous_sigint)
-        print("kcl: interrupted: finishing this step and saving it (Ctrl-C again to stop at once) ...", file=sys.stderr, flush=True)
-
-    def _release_interrupt(self):
-        if self._previous_sigint is not None and signal.getsignal(signal.SIGINT) == self._on_interrupt:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
-
     def on_train_begin(self, logs=None):
-        self._catch_interrupt()
+        self.ctrl_c.catch()
         self._steps_per_epoch = self.params.get("steps")
         if not self._steps_per_epoch:
             raise ValueError(
@@ -534,7 +508,7 @@ class Checkpoint(keras.callbacks.Callback):
                     f"the inputs for NaN/Inf values, then resume from it. Received: loss={loss}"
                 )
         self._trained = (step, self._epoch, step_in_epoch)
-        if self.interrupted:
+        if self.ctrl_c.pressed:
             self.model.stop_training = True  # on_train_end saves this step
             return
         if step_in_epoch == self._steps_per_epoch:
@@ -550,7 +524,7 @@ class Checkpoint(keras.callbacks.Callback):
             self.save((epoch + 1) * self._steps_per_epoch, epoch + 1, 0)
 
     def on_train_end(self, logs=None):
-        self._release_interrupt()
+        self.ctrl_c.release()
         self.model._initial_epoch = None
         if self._skip:  # fit ended inside the skipped steps
             self.model.train_function = self._train_function

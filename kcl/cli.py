@@ -1122,21 +1122,15 @@ def cmd_pretrain(args):
     })
     if start < total:
         try:
-            model.fit(
-                dataset,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=callbacks,
-                verbose=0 if args.quiet else 1,
-            )
+            model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0 if args.quiet else 1)
         except Exception as error:
             # A file that stopped a strict source: the source holds the one-line error.
             raised = getattr(fed, "error", None) or stream.error
             if raised is not None and type(error).__module__.startswith("tensorflow"):
                 raise raised from None
             raise
-        if checkpoint.interrupted:
-            raise Interrupted(f"interrupted. {checkpoint.last_saved()} Run the same command to resume.")
+        if checkpoint.ctrl_c.pressed:
+            raise KeyboardInterrupt(f"interrupted. {checkpoint.last_saved()} Run the same command to resume.")
     else:
         print(f"kcl: the run in {args.out} has finished training; evaluating it again.", flush=True)
         checkpoint.restore(model)
@@ -1822,10 +1816,6 @@ def _exit_code(error):
     return None
 
 
-class Interrupted(Exception):
-    """Ctrl-C stopped `kcl pretrain` after saving the step under way (exit status 130)."""
-
-
 def main(argv=None):
     # kcl/__init__.py silences TensorFlow's start-up notices for the command
     # before TensorFlow is imported; this covers a direct call of main().
@@ -1846,11 +1836,8 @@ def main(argv=None):
     }[args.command]
     try:
         command(args)
-    except Interrupted as error:  # Ctrl-C in training: the step under way was saved
-        print(f"kcl {args.command}: {error}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
-        print(f"kcl {args.command}: stopped by Ctrl-C.", file=sys.stderr)
+    except KeyboardInterrupt as error:  # Ctrl-C; in training the step under way was saved first
+        print(f"kcl {args.command}: {error or 'stopped by Ctrl-C.'}", file=sys.stderr)
         return 130
     except Exception as error:
         # Errors kcl reports get one line, never a stack trace; a bug keeps its traceback.

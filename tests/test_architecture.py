@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "kcl"
 # Lowest first. A package (`kcl.data`, `kcl.methods`) is one entry: its
 # modules share its layer.
 LAYERS = [
-    ["kcl.checks", "kcl.files", "kcl.archives", "kcl.catalog", "kcl.plotting", "kcl.distribute", "kcl.data"],
+    ["kcl.checks", "kcl.files", "kcl.interrupts", "kcl.archives", "kcl.catalog", "kcl.plotting", "kcl.distribute", "kcl.data"],
     ["kcl.layers", "kcl.losses", "kcl.queues", "kcl.momentum", "kcl.instances", "kcl.optimizers", "kcl.guard"],
     ["kcl.augment", "kcl.backbones", "kcl.heads", "kcl.negatives", "kcl.callbacks", "kcl.presets"],
     ["kcl.methods"],
