@@ -5,10 +5,10 @@
 For each Fashion-MNIST card (`kcl.zoo.names()`, the weights shipped in
 saved_models/), on the 60,000 training and 10,000 test images:
 
-- kNN: weighted kNN-200 (t = 0.1) on whole images, `kcl.eval.knn_accuracy`;
-- linear: `kcl.eval.linear_eval(protocol="lbfgs")`, logistic regression on
+- kNN: weighted kNN-200 (t = 0.1) on whole images, `kcl.evaluation.knn_accuracy`;
+- linear: `kcl.evaluation.linear_eval(protocol="lbfgs")`, logistic regression on
   centre-crop features (the fast stand-in for the papers' 90-epoch SGD);
-- 1% and 10%: `kcl.eval.fine_tune` on the same class-balanced subsets for
+- 1% and 10%: `kcl.evaluation.fine_tune` on the same class-balanced subsets for
   every card (`<out>/subsets/`, seed 0), `--ft1-epochs` and `--ft10-epochs`;
 - mCA: mean corruption accuracy of `kcl.robustness.robustness_report` (10
   corruptions x 5 severities, kNN-200) on the first `--robustness-test` test
@@ -33,8 +33,7 @@ import time
 import numpy as np
 
 import kcl
-from kcl import eval as kcl_eval
-from kcl import robustness
+from kcl import evaluation, robustness
 
 METHOD_OF_CARD = {
     "simclr_r18_fmnist": "simclr",
@@ -79,16 +78,16 @@ def measure(card, train, test, args):
         return value
 
     def knn():
-        train_features = kcl_eval.embed(encoder, train[0])
-        test_features = kcl_eval.embed(encoder, test[0])
-        return train_features, kcl_eval.knn_accuracy(train_features, train[1], test_features, test[1])
+        train_features = evaluation.embed(encoder, train[0])
+        test_features = evaluation.embed(encoder, test[0])
+        return train_features, evaluation.knn_accuracy(train_features, train[1], test_features, test[1])
 
     train_features, row["knn200"] = stage("knn", knn)
-    linear = stage("linear_lbfgs", lambda: kcl_eval.linear_eval(encoder, train, test, protocol="lbfgs"))
+    linear = stage("linear_lbfgs", lambda: evaluation.linear_eval(encoder, train, test, protocol="lbfgs"))
     row["linear_top1"] = linear["top1"]
     subsets = os.path.join(args.out, "subsets")
     for fraction, epochs, key in ((0.01, args.ft1_epochs, "ft1"), (0.1, args.ft10_epochs, "ft10")):
-        result = stage(key, lambda f=fraction, e=epochs: kcl_eval.fine_tune(
+        result = stage(key, lambda f=fraction, e=epochs: evaluation.fine_tune(
             encoder, train, test, label_fraction=f, epochs=e,
             subset_path=os.path.join(subsets, f"subset_{round(100 * f)}pc.json")))
         row[key] = result["top1"]
@@ -96,8 +95,8 @@ def measure(card, train, test, args):
     count = args.robustness_test
     corrupted_test = (test[0][:count], test[1][:count])
     report = stage("robustness", lambda: robustness.robustness_report(
-        lambda x: kcl_eval.embed(encoder, x), train, corrupted_test, progress=False,
-        clean_features=(train_features, kcl_eval.embed(encoder, corrupted_test[0]))))
+        lambda x: evaluation.embed(encoder, x), train, corrupted_test, progress=False,
+        clean_features=(train_features, evaluation.embed(encoder, corrupted_test[0]))))
     row["mca"] = report["mean_corruption_accuracy"]
     row["robustness_clean"] = report["clean_accuracy"]
     row["robustness_test_images"] = len(corrupted_test[1])

@@ -9,13 +9,13 @@ Public modules:
 - `kcl.methods`: SimCLR, MoCo v2, BYOL, SimSiam, NNCLR, SwAV, PIC, each a `keras.Model`;
   `Contrastive`, any method composed from the survey's parts.
 - `kcl.negatives`: weak-semantic negatives (patch-based, texture-based).
-- `kcl.data`, `kcl.eval`, `kcl.export`: datasets, evaluation, SavedModels.
+- `kcl.data`, `kcl.evaluation`, `kcl.export`: datasets, evaluation, SavedModels.
 - `kcl.callbacks`: `Checkpoint`, exact resume after any interruption; stops on a NaN loss.
 - `kcl.guard`: every training batch and the state after every step checked in the graph.
 - `kcl.pictures`: t-SNE and PCA scatter plots, retrieval grids, Grad-CAM saliency.
 - `kcl.report`: the evaluation report (figures, report.md, report.json) of `kcl eval --report`.
 - `kcl.robustness`: ImageNet-C-style corruptions, robustness reports, similarity histograms.
-- `kcl.zoo`: `load(name_or_dir)`, `list()`, the cards and the weights trained here.
+- `kcl.zoo`: `load(name_or_dir)`, `names()`, the cards and the weights trained here.
 - `kcl.presets`: preset folders (keras-hub layout) saved and loaded; `kcl.archives`: preset archives extracted safely.
 - `kcl.recipes`: `kcl pretrain` settings from recipe files and zoo cards.
 - `kcl.convert`: the authors' torchvision-layout checkpoints into kcl backbones.
@@ -41,7 +41,7 @@ from kcl import (
     convert,  # noqa: F401
     data,  # noqa: F401
     distribute,  # noqa: F401
-    eval,  # noqa: F401  (shadows the builtin only as kcl.eval)
+    evaluation,  # noqa: F401
     export,  # noqa: F401
     guard,  # noqa: F401
     heads,  # noqa: F401
@@ -57,3 +57,13 @@ from kcl import (
     robustness,  # noqa: F401
     zoo,  # noqa: F401
 )
+
+
+def __getattr__(name):
+    # `kcl.eval`, the deprecated name of `kcl.evaluation`: imported (and
+    # warning) only when used.
+    if name == "eval":
+        import importlib
+
+        return importlib.import_module("kcl.eval")
+    raise AttributeError(f"module 'kcl' has no attribute {name!r}")

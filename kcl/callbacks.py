@@ -163,7 +163,7 @@ class TrainingClock(keras.callbacks.Callback):
     >>> clock = kcl.callbacks.TrainingClock()
     >>> checkpoint = kcl.callbacks.Checkpoint("ckpt", clock=clock)
     >>> model.fit(ds, epochs=10, steps_per_epoch=234,
-    ...           callbacks=[clock, kcl.eval.KNNMonitor(train, test), checkpoint])
+    ...           callbacks=[clock, kcl.evaluation.KNNMonitor(train, test), checkpoint])
     >>> history.history["train_minutes"]
     """
 

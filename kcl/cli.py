@@ -338,11 +338,11 @@ def build_parser():
         "--linear-protocol",
         choices=("standard", "lbfgs", "closed_form"),
         default=None,
-        help="linear evaluation by kcl.eval.linear_eval: 'standard' (the papers': "
+        help="linear evaluation by kcl.evaluation.linear_eval: 'standard' (the papers': "
         "SGD on augmented crops of the frozen encoder, --linear-epochs), 'lbfgs' "
         "(logistic regression on fixed features, fast) or 'closed_form' (ridge "
         "regression, fastest); top-1 and top-5 on centre crops. Default: the quick "
-        "AdamW probe on fixed features (kcl.eval.linear_probe).",
+        "AdamW probe on fixed features (kcl.evaluation.linear_probe).",
     )
     evaluate.add_argument(
         "--linear-epochs",
@@ -354,7 +354,7 @@ def build_parser():
         "--fine-tune",
         default=None,
         metavar="FRACTIONS",
-        help="SimCLR's semi-supervised protocol (kcl.eval.fine_tune) for each "
+        help="SimCLR's semi-supervised protocol (kcl.evaluation.fine_tune) for each "
         "comma-separated label fraction in (0, 1], e.g. 0.01,0.1: a copy of the "
         "encoder fine-tuned on a class-balanced subset of the training labels. The "
         "subsets are saved as JSON (and reused by later runs) under --report "
@@ -371,7 +371,7 @@ def build_parser():
         "--transfer",
         default=None,
         metavar="NAMES",
-        help="transfer by linear evaluation (kcl.eval.transfer) to each "
+        help="transfer by linear evaluation (kcl.evaluation.transfer) to each "
         "comma-separated tfds dataset, e.g. cifar10,stl10, with --linear-protocol "
         "(default: lbfgs).",
     )
@@ -835,10 +835,10 @@ def _compared_cards(args, size, channels, evaluated):
 
 def _knn_table(train, test, features=None, others=None):
     """kNN accuracies of raw pixels and, when given, of learned features (and of `others`: name -> features)."""
-    from kcl import eval as kcl_eval
+    from kcl import evaluation
 
     (x_train, y_train), (x_test, y_test) = train, test
-    rows = {"raw pixels": (kcl_eval.pixels(x_train), kcl_eval.pixels(x_test))}
+    rows = {"raw pixels": (evaluation.pixels(x_train), evaluation.pixels(x_test))}
     if features is not None:
         rows["encoder"] = features
     rows.update(others or {})
@@ -847,22 +847,22 @@ def _knn_table(train, test, features=None, others=None):
     table = {}
     for name, (f_train, f_test) in rows.items():
         table[name] = {
-            "knn200_weighted": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=k200, temperature=0.1),
-            "nn20_cosine": kcl_eval.knn_accuracy(f_train, y_train, f_test, y_test, k=k20, weighted=False),
+            "knn200_weighted": evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=k200, temperature=0.1),
+            "nn20_cosine": evaluation.knn_accuracy(f_train, y_train, f_test, y_test, k=k20, weighted=False),
         }
     return table
 
 
 def _monitor_baseline(args, train, test, table):
     """Raw-pixel kNN-200 with the kNN monitor's memory bank: the line its curve is read against."""
-    from kcl import eval as kcl_eval
+    from kcl import evaluation
 
     (x_train, y_train), (x_test, y_test) = train, test
     bank = min(args.knn_bank, len(x_train))
     if bank == len(x_train) or not args.knn_every:
         return ("raw pixels kNN-200", table["raw pixels"]["knn200_weighted"])
-    accuracy = kcl_eval.knn_accuracy(
-        kcl_eval.pixels(x_train[:bank]), y_train[:bank], kcl_eval.pixels(x_test), y_test,
+    accuracy = evaluation.knn_accuracy(
+        evaluation.pixels(x_train[:bank]), y_train[:bank], evaluation.pixels(x_test), y_test,
         k=min(200, bank), temperature=0.1,
     )
     return (f"raw pixels kNN-200 (same {bank}-image bank)", accuracy)
@@ -1086,7 +1086,7 @@ def cmd_pretrain(args):
     callbacks = [clock, kcl.data.UnreadableFilesLog(stream, os.path.join(args.out, "run.json"))]
     if args.knn_every and bank is not None:
         callbacks.append(
-            kcl.eval.KNNMonitor((bank[0][: args.knn_bank], bank[1][: args.knn_bank]), queries, every=args.knn_every)
+            kcl.evaluation.KNNMonitor((bank[0][: args.knn_bank], bank[1][: args.knn_bank]), queries, every=args.knn_every)
         )
     # The CSV row of an epoch is written before its checkpoint: a run killed
     # in between repeats the row, which _read_history keeps once.
@@ -1148,10 +1148,10 @@ def cmd_pretrain(args):
     table = None
     if bank is not None:
         print(f"kcl: evaluating with {len(bank[0])} training images as memory bank ...", flush=True)
-        features = (kcl.eval.embed(model, bank[0]), kcl.eval.embed(model, queries[0]))
+        features = (kcl.evaluation.embed(model, bank[0]), kcl.evaluation.embed(model, queries[0]))
         if compared:
             print(f"kcl: measuring the zoo card(s) {', '.join(compared)} on the same images ...", flush=True)
-        others = {name: (kcl.eval.embed(m, bank[0]), kcl.eval.embed(m, queries[0])) for name, m in compared.items()}
+        others = {name: (kcl.evaluation.embed(m, bank[0]), kcl.evaluation.embed(m, queries[0])) for name, m in compared.items()}
         table = _knn_table(bank, queries, features, others)
         _print_table(table)
     else:
@@ -1179,7 +1179,7 @@ def cmd_pretrain(args):
         json.dump(metrics, f, indent=1)
 
     try:
-        plot = kcl.eval.plot_history(
+        plot = kcl.evaluation.plot_history(
             history,
             os.path.join(args.out, "training.png"),
             title=f"{method_cls.__name__} on {args.data}",
@@ -1269,7 +1269,7 @@ def _saved_model_encoder(path):
     """A SavedModel as an encoder: a `keras.Model` from views in [0, 1] to its 'features'.
 
     The views are scaled to uint8 [0, 255] (rounded, so uint8 images divided
-    by 255, as `kcl.eval.embed` feeds them, come back exactly) and passed to
+    by 255, as `kcl.evaluation.embed` feeds them, come back exactly) and passed to
     the `serving_default` signature through `keras.layers.TFSMLayer`; the
     SavedModel resizes and normalises inside, so the model takes any size.
     The signature is read from saved_model.pb first, so a SavedModel that
@@ -1532,7 +1532,7 @@ def cmd_eval(args):
     _check_images_fit(args, model, train[0])
     print(f"kcl: {MODEL_KINDS[kind]} {args.model}: embedding {len(train[0])} training and {len(test[0])} "
           "test images ...", flush=True)
-    features = (kcl.eval.embed(model, train[0]), kcl.eval.embed(model, test[0]))
+    features = (kcl.evaluation.embed(model, train[0]), kcl.evaluation.embed(model, test[0]))
     table = _knn_table(train, test, features)
     results = {"knn": table, "linear_probe": None}
     linear, linear_name = None, "linear probe"
@@ -1541,8 +1541,8 @@ def cmd_eval(args):
     elif args.linear_protocol is None:
         print("kcl: linear probe (AdamW on fixed features) of raw pixels and the encoder ...", flush=True)
         linear = {
-            "raw pixels": kcl.eval.linear_probe(kcl.eval.pixels(train[0]), train[1], kcl.eval.pixels(test[0]), test[1]),
-            "encoder": kcl.eval.linear_probe(features[0], train[1], features[1], test[1]),
+            "raw pixels": kcl.evaluation.linear_probe(kcl.evaluation.pixels(train[0]), train[1], kcl.evaluation.pixels(test[0]), test[1]),
+            "encoder": kcl.evaluation.linear_probe(features[0], train[1], features[1], test[1]),
         }
         results["linear_probe"] = linear
     else:
@@ -1575,10 +1575,10 @@ def _pixel_encoder(shape):
 
 
 def _linear_eval(args, model, train, test):
-    """`kcl.eval.linear_eval` with --linear-protocol of raw pixels and of the encoder."""
+    """`kcl.evaluation.linear_eval` with --linear-protocol of raw pixels and of the encoder."""
     import math
 
-    from kcl import eval as kcl_eval
+    from kcl import evaluation
 
     rows = {"raw pixels": _pixel_encoder(train[0].shape[1:]), "encoder": model}
     pixels = math.prod(train[0].shape[1:])
@@ -1589,7 +1589,7 @@ def _linear_eval(args, model, train, test):
     results = {}
     for name, encoder in rows.items():
         print(f"kcl: linear evaluation ({args.linear_protocol}) of {name} ...", flush=True)
-        results[name] = kcl_eval.linear_eval(
+        results[name] = evaluation.linear_eval(
             encoder, train, test, protocol=args.linear_protocol, epochs=args.linear_epochs, seed=args.seed
         )
     return results
@@ -1609,8 +1609,8 @@ def _subset_dir(args):
 
 
 def _fine_tune(args, model, train, test, fractions):
-    """`kcl.eval.fine_tune` for each --fine-tune fraction; JSON-ready results keyed by fraction."""
-    from kcl import eval as kcl_eval
+    """`kcl.evaluation.fine_tune` for each --fine-tune fraction; JSON-ready results keyed by fraction."""
+    from kcl import evaluation
 
     folder = _subset_dir(args)
     results = {}
@@ -1619,7 +1619,7 @@ def _fine_tune(args, model, train, test, fractions):
         path = None if folder is None else os.path.join(folder, f"subset_{fraction * 100:g}pc.json")
         print(f"kcl: fine-tuning a copy of the encoder on {fraction * 100:g}% of the training labels ...", flush=True)
         try:
-            run = kcl_eval.fine_tune(
+            run = evaluation.fine_tune(
                 model, train, test, label_fraction=fraction, epochs=args.fine_tune_epochs,
                 seed=args.seed, subset_path=path,
             )
@@ -1635,8 +1635,8 @@ def _fine_tune(args, model, train, test, fractions):
 
 
 def _transfer(args, model, train, names):
-    """`kcl.eval.transfer` to the --transfer datasets with --linear-protocol (default lbfgs)."""
-    from kcl import eval as kcl_eval
+    """`kcl.evaluation.transfer` to the --transfer datasets with --linear-protocol (default lbfgs)."""
+    from kcl import evaluation
 
     encoder = getattr(model, "encoder", model)
     # An encoder of any size (kcl pretrain's, a SavedModel) is fed the size it
@@ -1646,7 +1646,7 @@ def _transfer(args, model, train, names):
     extra = {"epochs": args.linear_epochs} if protocol == "standard" else {}
     print(f"kcl: transfer by linear evaluation ({protocol}) to {', '.join(names)} ...", flush=True)
     try:
-        report = kcl_eval.transfer(
+        report = evaluation.transfer(
             model, names, protocol=protocol, data_dir=args.tfds_dir, train_limit=args.transfer_limit,
             test_limit=args.transfer_limit, image_size=size, seed=args.seed, **extra,
         )
@@ -1677,8 +1677,7 @@ def _robustness(args, model, train, test, features, figures=None):
     `figures`: a list the paths of the figures written are appended to.
     """
     figures = [] if figures is None else figures
-    from kcl import eval as kcl_eval
-    from kcl import negatives, robustness
+    from kcl import evaluation, negatives, robustness
 
     textures = None
     if args.textures:
@@ -1688,10 +1687,10 @@ def _robustness(args, model, train, test, features, figures=None):
             raise ValueError(f"--textures: {error}") from None
     _check_output_dir(args.robustness, "--robustness")
     print("kcl: corruption suite, raw pixels (the baseline) ...", flush=True)
-    pixels = robustness.robustness_report(kcl_eval.pixels, train, test, seed=args.seed)
+    pixels = robustness.robustness_report(evaluation.pixels, train, test, seed=args.seed)
     print("kcl: corruption suite, encoder ...", flush=True)
     report = robustness.robustness_report(
-        lambda x: kcl_eval.embed(model, x), train, test, seed=args.seed, baseline=pixels,
+        lambda x: evaluation.embed(model, x), train, test, seed=args.seed, baseline=pixels,
         clean_features=features,
     )
     summary = {

@@ -67,7 +67,7 @@ def pca(features, dims=2):
 
     Example:
 
-    >>> xy = kcl.pictures.pca(kcl.eval.embed(encoder, x_test), dims=2)
+    >>> xy = kcl.pictures.pca(kcl.evaluation.embed(encoder, x_test), dims=2)
     """
     x = _check_features(features)
     if not isinstance(dims, (int, np.integer)) or not 1 <= dims <= min(x.shape):
@@ -178,7 +178,7 @@ def tsne(
 
     Example:
 
-    >>> features = kcl.eval.embed(encoder, x_test[:2000])
+    >>> features = kcl.evaluation.embed(encoder, x_test[:2000])
     >>> xy = kcl.pictures.tsne(features, perplexity=30)
 
     References:
@@ -340,7 +340,7 @@ def embedding_scatter(
 
     Example:
 
-    >>> features = kcl.eval.embed(model.encoder, x_test)
+    >>> features = kcl.evaluation.embed(model.encoder, x_test)
     >>> kcl.pictures.embedding_scatter(features, y_test, "tsne.png",
     ...     class_names=["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
     ...                  "Sandal", "Shirt", "Sneaker", "Bag", "Boot"])
@@ -440,7 +440,7 @@ def nearest_neighbours(query_features, gallery_features, k, exclude_self=False, 
 
     Example:
 
-    >>> features = kcl.eval.embed(encoder, x_test)
+    >>> features = kcl.evaluation.embed(encoder, x_test)
     >>> indices, similarities = kcl.pictures.nearest_neighbours(
     ...     features, features, k=5, exclude_self=True)
     """
@@ -556,7 +556,7 @@ def retrieval_grid(
 
     Example:
 
-    >>> features = kcl.eval.embed(encoder, x_test)
+    >>> features = kcl.evaluation.embed(encoder, x_test)
     >>> kcl.pictures.retrieval_grid(x_test, x_test, features, features, "retrieval.png",
     ...     query_labels=y_test, gallery_labels=y_test, exclude_self=True)
     """
@@ -654,7 +654,7 @@ def saliency_maps(encoder, images, layer=None, target=None, batch_size=64):
     all-zero map stays zero), so 1 marks the most salient pixel.
 
     Images (uint8, or float in [0, 255]) are divided by 255 as
-    `kcl.eval.embed` does; the encoder runs in inference mode.
+    `kcl.evaluation.embed` does; the encoder runs in inference mode.
 
     Args:
         encoder: a `keras.Model` from views in [0, 1] to features (a kcl

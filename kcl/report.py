@@ -81,7 +81,7 @@ def write_report(
 
     Example:
 
-    >>> features = kcl.eval.embed(model, x_train), kcl.eval.embed(model, x_test)
+    >>> features = kcl.evaluation.embed(model, x_train), kcl.evaluation.embed(model, x_test)
     >>> results = {"knn": {"encoder": {"knn200_weighted": ..., "nn20_cosine": ...}}}
     >>> kcl.report.write_report("report", model, (x_train, y_train), (x_test, y_test), features,
     ...                         results, model_name="model.keras", model_kind="keras",
@@ -201,7 +201,7 @@ def report_markdown(summary, figures):
     if summary.get("linear_probe"):
         section(
             "Linear probe",
-            "AdamW on fixed features (kcl.eval.linear_probe), a quick stand-in for linear evaluation.",
+            "AdamW on fixed features (kcl.evaluation.linear_probe), a quick stand-in for linear evaluation.",
             "",
             "| features | top-1 (%) |",
             "|---|---:|",

@@ -4,7 +4,7 @@ Hendrycks & Dietterich (2019) measure robustness as accuracy on copies of the
 test set hit by 15 common corruptions at 5 severities. This module makes such
 copies of *any* uint8 test set `[N, H, W, C]` (C = 1 or 3, any H and W), then
 scores frozen features on them with the kNN classifier or the linear probe of
-`kcl.eval`:
+`kcl.evaluation`:
 
 - `CORRUPTIONS`: name -> `corruption(images, severity, rng)`, ten of the
   ImageNet-C corruptions as vectorised NumPy functions (JPEG goes through
@@ -105,7 +105,7 @@ Example:
 
 >>> x_c = kcl.robustness.corrupt(x_test, "motion_blur", severity=3)
 >>> report = kcl.robustness.robustness_report(
-...     lambda x: kcl.eval.embed(model, x), (x_train, y_train), (x_test, y_test))
+...     lambda x: kcl.evaluation.embed(model, x), (x_train, y_train), (x_test, y_test))
 >>> report["mean_corruption_accuracy"]
 >>> kcl.robustness.plot_robustness(report, "robustness.png")
 
@@ -123,7 +123,7 @@ import numbers
 import keras
 import numpy as np
 
-from kcl import eval as kcl_eval
+from kcl import evaluation
 from kcl.plotting import pyplot
 
 # Reference image side the lengths in the parameter table are given at
@@ -547,8 +547,8 @@ def robustness_report(
     """Accuracy of frozen features on a clean test set and on its corrupted copies.
 
     The classifier is fitted once on the clean training features: a memory
-    bank for `kcl.eval.knn_accuracy` (weighted kNN), or the linear probe of
-    `kcl.eval.linear_probe`. It then classifies the features of the clean
+    bank for `kcl.evaluation.knn_accuracy` (weighted kNN), or the linear probe of
+    `kcl.evaluation.linear_probe`. It then classifies the features of the clean
     test images and of every `corrupt(test_images, name, severity, seed)`.
 
     The mean corruption accuracy averages all corruptions and severities
@@ -557,7 +557,7 @@ def robustness_report(
 
     Args:
         features_fn: maps uint8 images `[N, H, W, C]` to features `[N, D]`,
-            e.g. `lambda x: kcl.eval.embed(model, x)` or `kcl.eval.pixels`.
+            e.g. `lambda x: kcl.evaluation.embed(model, x)` or `kcl.evaluation.pixels`.
         train: `(images, labels)` the classifier is fitted on (clean).
         test: `(images, labels)` to corrupt and classify; uint8 images.
         corruptions: names of `CORRUPTIONS` to run. Defaults to `None`, all.
@@ -573,7 +573,7 @@ def robustness_report(
             severities. Defaults to `True`.
         baseline: a report of a reference model on the same corruptions and
             severities, for the corruption error. Defaults to `None`.
-        method_kwargs: further arguments of `kcl.eval.knn_accuracy`
+        method_kwargs: further arguments of `kcl.evaluation.knn_accuracy`
             (`temperature`, `weighted`) or of the linear probe (`epochs`,
             `batch_size`, `learning_rate`, `weight_decay`). Defaults to
             `None`.
@@ -591,9 +591,9 @@ def robustness_report(
     Example:
 
     >>> pixels = kcl.robustness.robustness_report(
-    ...     kcl.eval.pixels, (x_train, y_train), (x_test, y_test), k=20)
+    ...     kcl.evaluation.pixels, (x_train, y_train), (x_test, y_test), k=20)
     >>> model = kcl.robustness.robustness_report(
-    ...     lambda x: kcl.eval.embed(encoder, x), (x_train, y_train),
+    ...     lambda x: kcl.evaluation.embed(encoder, x), (x_train, y_train),
     ...     (x_test, y_test), baseline=pixels)
     >>> model["mean_corruption_error"]  # < 1: fewer errors than raw pixels
 
@@ -640,13 +640,13 @@ def robustness_report(
         k = min(k, len(train_features))
 
         def accuracy_of(features):
-            return kcl_eval.knn_accuracy(
+            return evaluation.knn_accuracy(
                 train_features, train_labels, features, test_labels, k=k, **method_kwargs
             )
 
     else:
         num_classes = int(max(train_labels.max(), test_labels.max()) + 1)
-        predict = kcl_eval.fit_linear_probe(
+        predict = evaluation.fit_linear_probe(
             train_features, train_labels, num_classes, seed=seed, **method_kwargs
         )
 

@@ -270,12 +270,12 @@ def quick_knn(model, train, test):
     Returns:
         The top-1 accuracy, a float in [0, 1].
     """
-    from kcl import eval as kcl_eval
+    from kcl import evaluation
 
     (x_train, y_train), (x_test, y_test) = train, test
-    bank = kcl_eval.embed(model, x_train[:QUICK_KNN_BANK])
-    queries = kcl_eval.embed(model, x_test[:QUICK_KNN_TEST])
-    return kcl_eval.knn_accuracy(
+    bank = evaluation.embed(model, x_train[:QUICK_KNN_BANK])
+    queries = evaluation.embed(model, x_test[:QUICK_KNN_TEST])
+    return evaluation.knn_accuracy(
         bank, y_train[:QUICK_KNN_BANK], queries, y_test[:QUICK_KNN_TEST], k=200, temperature=0.1
     )
 

@@ -18,7 +18,7 @@ Metrics (test split, features of the encoder):
   60,000 training images as memory bank (as `kcl pretrain`'s final
   evaluation, but of the float32 model that ships: a run in mixed
   precision measures its own compute dtype);
-- `linear_probe`: `kcl.eval.linear_probe` on all training features;
+- `linear_probe`: `kcl.evaluation.linear_probe` on all training features;
 - `knn200_quick`: `kcl.zoo.quick_knn`, weighted kNN-200 with the first
   10,000 training images as bank on the first 2,000 test images, the check
   tests/test_zoo.py repeats on the shipped preset.
@@ -97,11 +97,11 @@ def main(argv=None):
     model.encoder.set_weights(trained.encoder.get_weights())
     x_train, y_train = kcl.data.load_fashion_mnist("train")
     x_test, y_test = kcl.data.load_fashion_mnist("test")
-    features = (kcl.eval.embed(model, x_train), kcl.eval.embed(model, x_test))
+    features = (kcl.evaluation.embed(model, x_train), kcl.evaluation.embed(model, x_test))
     metrics = {
-        "knn200": kcl.eval.knn_accuracy(features[0], y_train, features[1], y_test, k=200, temperature=0.1),
-        "nn20": kcl.eval.knn_accuracy(features[0], y_train, features[1], y_test, k=20, weighted=False),
-        "linear_probe": kcl.eval.linear_probe(features[0], y_train, features[1], y_test),
+        "knn200": kcl.evaluation.knn_accuracy(features[0], y_train, features[1], y_test, k=200, temperature=0.1),
+        "nn20": kcl.evaluation.knn_accuracy(features[0], y_train, features[1], y_test, k=20, weighted=False),
+        "linear_probe": kcl.evaluation.linear_probe(features[0], y_train, features[1], y_test),
         "knn200_quick": kcl.zoo.quick_knn(model, (x_train, y_train), (x_test, y_test)),
         "raw_pixels_knn200": run["knn"]["raw pixels"]["knn200_weighted"],
         "raw_pixels_nn20": run["knn"]["raw pixels"]["nn20_cosine"],

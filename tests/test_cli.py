@@ -714,12 +714,12 @@ def test_pretrain_compare_measures_a_zoo_card_on_the_same_bank_and_queries(tmp_p
     # The shipped encoder measured apart on the run's bank (its 64 training
     # images) and queries (the first 32 test images) gives the same numbers.
     card = kcl.zoo.load("simclr_r18_fmnist")
-    bank, queries = kcl.eval.embed(card, x_train[:64]), kcl.eval.embed(card, x_test[:32])
+    bank, queries = kcl.evaluation.embed(card, x_train[:64]), kcl.evaluation.embed(card, x_test[:32])
     assert row["knn200_weighted"] == pytest.approx(
-        kcl.eval.knn_accuracy(bank, y_train[:64], queries, y_test[:32], k=64, temperature=0.1), abs=1e-6
+        kcl.evaluation.knn_accuracy(bank, y_train[:64], queries, y_test[:32], k=64, temperature=0.1), abs=1e-6
     )
     assert row["nn20_cosine"] == pytest.approx(
-        kcl.eval.knn_accuracy(bank, y_train[:64], queries, y_test[:32], k=20, weighted=False), abs=1e-6
+        kcl.evaluation.knn_accuracy(bank, y_train[:64], queries, y_test[:32], k=20, weighted=False), abs=1e-6
     )
 
 

@@ -90,7 +90,7 @@ def test_knn_accuracy(data, valid, k, temperature):
         k = data.draw(st.integers(1, n), label="k")
     else:
         train, labels, test, test_labels = (data.draw(arrays(max_dims=d)) for d in (4, 2, 4, 2))
-    accuracy = call(kcl.eval.knn_accuracy, train, labels, test, test_labels, k=k, temperature=temperature)
+    accuracy = call(kcl.evaluation.knn_accuracy, train, labels, test, test_labels, k=k, temperature=temperature)
     event("computed" if accuracy is not None else "refused")
     if accuracy is not None:
         assert 0.0 <= accuracy <= 1.0 or math.isnan(accuracy) and len(test) == 0

@@ -234,7 +234,7 @@ def two_class_problem(n_train=80, n_test=60, size=16, seed=0):
 def test_report_on_a_small_problem():
     train, test = two_class_problem()
     report = robustness.robustness_report(
-        kcl.eval.pixels, train, test, k=15, progress=False
+        kcl.evaluation.pixels, train, test, k=15, progress=False
     )
     assert report["method"] == "knn" and report["severities"] == [1, 2, 3, 4, 5]
     assert 0.8 <= report["clean_accuracy"] <= 0.95  # 10% flipped labels
@@ -244,9 +244,9 @@ def test_report_on_a_small_problem():
     assert np.all((table >= 0) & (table <= 1))
     np.testing.assert_allclose(report["mean_corruption_accuracy"], table.mean())
     np.testing.assert_allclose(list(report["corruption_accuracy"].values()), table.mean(axis=1))
-    # The clean accuracy is kcl.eval.knn_accuracy's on the same features.
-    expected = kcl.eval.knn_accuracy(
-        kcl.eval.pixels(train[0]), train[1], kcl.eval.pixels(test[0]), test[1], k=15
+    # The clean accuracy is kcl.evaluation.knn_accuracy's on the same features.
+    expected = kcl.evaluation.knn_accuracy(
+        kcl.evaluation.pixels(train[0]), train[1], kcl.evaluation.pixels(test[0]), test[1], k=15
     )
     assert report["clean_accuracy"] == expected
     # Bars are thin: strong pixelation and warps wash them out.
@@ -262,7 +262,7 @@ def test_report_on_a_small_problem():
     assert relative["pixelate"] == pytest.approx(1.0)
     assert all(value == pytest.approx(1.0) or np.isnan(value) for value in relative.values())
     with_baseline = robustness.robustness_report(
-        kcl.eval.pixels, train, test, k=15, progress=False, baseline=report
+        kcl.evaluation.pixels, train, test, k=15, progress=False, baseline=report
     )
     assert with_baseline["mean_corruption_error"] == pytest.approx(1.0)
     assert set(errors) <= set(with_baseline)
@@ -296,7 +296,7 @@ def test_corruption_error_is_imagenet_c_formula():
 def test_report_with_the_linear_probe_matches_kcl_eval():
     train, test = two_class_problem()
     report = robustness.robustness_report(
-        kcl.eval.pixels,
+        kcl.evaluation.pixels,
         train,
         test,
         corruptions=["contrast", "gaussian_noise"],
@@ -307,8 +307,8 @@ def test_report_with_the_linear_probe_matches_kcl_eval():
     )
     assert report["method"] == "linear" and report["severities"] == [1, 5]
     assert list(report["accuracy"]) == ["contrast", "gaussian_noise"]
-    expected = kcl.eval.linear_probe(
-        kcl.eval.pixels(train[0]), train[1], kcl.eval.pixels(test[0]), test[1], epochs=5, seed=0
+    expected = kcl.evaluation.linear_probe(
+        kcl.evaluation.pixels(train[0]), train[1], kcl.evaluation.pixels(test[0]), test[1], epochs=5, seed=0
     )
     assert report["clean_accuracy"] == pytest.approx(expected)
 
@@ -316,7 +316,7 @@ def test_report_with_the_linear_probe_matches_kcl_eval():
 def test_report_progress_bar(capsys):
     train, test = two_class_problem(n_train=20, n_test=10)
     robustness.robustness_report(
-        kcl.eval.pixels, train, test, corruptions=["contrast"], severities=(1, 2), k=5
+        kcl.evaluation.pixels, train, test, corruptions=["contrast"], severities=(1, 2), k=5
     )
     assert "2/2" in capsys.readouterr().out
 
@@ -324,18 +324,18 @@ def test_report_progress_bar(capsys):
 def test_report_bad_arguments():
     train, test = two_class_problem(n_train=20, n_test=10)
     with pytest.raises(ValueError, match="Received: method='svm'"):
-        robustness.robustness_report(kcl.eval.pixels, train, test, method="svm")
+        robustness.robustness_report(kcl.evaluation.pixels, train, test, method="svm")
     with pytest.raises(ValueError, match="Received: name='snow'"):
-        robustness.robustness_report(kcl.eval.pixels, train, test, corruptions=["snow"])
+        robustness.robustness_report(kcl.evaluation.pixels, train, test, corruptions=["snow"])
     with pytest.raises(ValueError, match="Received: severity=0"):
-        robustness.robustness_report(kcl.eval.pixels, train, test, severities=(0, 1))
+        robustness.robustness_report(kcl.evaluation.pixels, train, test, severities=(0, 1))
     with pytest.raises(ValueError, match="Received: severities=\\[2, 2\\]"):
-        robustness.robustness_report(kcl.eval.pixels, train, test, severities=(2, 2))
+        robustness.robustness_report(kcl.evaluation.pixels, train, test, severities=(2, 2))
     with pytest.raises(ValueError, match="Received: corruptions=\\[\\]"):
-        robustness.robustness_report(kcl.eval.pixels, train, test, corruptions=[])
+        robustness.robustness_report(kcl.evaluation.pixels, train, test, corruptions=[])
     with pytest.raises(ValueError, match="Received: images.dtype=float32"):
         robustness.robustness_report(
-            kcl.eval.pixels, train, (test[0].astype("float32"), test[1])
+            kcl.evaluation.pixels, train, (test[0].astype("float32"), test[1])
         )
 
 
@@ -344,10 +344,10 @@ def test_plot_robustness_writes_png(tmp_path):
     pytest.importorskip("matplotlib")
     train, test = two_class_problem(n_train=20, n_test=10)
     report = robustness.robustness_report(
-        kcl.eval.pixels, train, test, k=5, progress=False, corruptions=NAMES[:6]
+        kcl.evaluation.pixels, train, test, k=5, progress=False, corruptions=NAMES[:6]
     )
     baseline = robustness.robustness_report(
-        lambda x: kcl.eval.pixels(x) ** 2, train, test, k=5, progress=False, corruptions=NAMES[:6]
+        lambda x: kcl.evaluation.pixels(x) ** 2, train, test, k=5, progress=False, corruptions=NAMES[:6]
     )
     reloaded = json.loads(json.dumps(baseline))
     for path, kwargs in [("alone.png", {}), ("compared.png", {"baseline": reloaded, "title": "t"})]:
@@ -413,19 +413,19 @@ def test_similarity_pairs_of_a_method_leave_its_random_streams_alone():
 def test_report_takes_clean_features_the_caller_has():
     train, test = two_class_problem()
     kwargs = dict(k=15, progress=False, corruptions=["contrast"], severities=[1, 5])
-    computed = robustness.robustness_report(kcl.eval.pixels, train, test, **kwargs)
+    computed = robustness.robustness_report(kcl.evaluation.pixels, train, test, **kwargs)
     given = robustness.robustness_report(
-        kcl.eval.pixels, train, test,
-        clean_features=(kcl.eval.pixels(train[0]), kcl.eval.pixels(test[0])), **kwargs,
+        kcl.evaluation.pixels, train, test,
+        clean_features=(kcl.evaluation.pixels(train[0]), kcl.evaluation.pixels(test[0])), **kwargs,
     )
     assert given == computed
     # The given features are the ones used: reversed test rows miss their labels.
     shuffled = robustness.robustness_report(
-        kcl.eval.pixels, train, test,
-        clean_features=(kcl.eval.pixels(train[0]), kcl.eval.pixels(test[0])[::-1]), **kwargs,
+        kcl.evaluation.pixels, train, test,
+        clean_features=(kcl.evaluation.pixels(train[0]), kcl.evaluation.pixels(test[0])[::-1]), **kwargs,
     )
     assert shuffled["clean_accuracy"] != computed["clean_accuracy"]
     with pytest.raises(ValueError, match="clean_features"):
         robustness.robustness_report(
-            kcl.eval.pixels, train, test, clean_features=(kcl.eval.pixels(train[0][:3]), None), **kwargs
+            kcl.evaluation.pixels, train, test, clean_features=(kcl.evaluation.pixels(train[0][:3]), None), **kwargs
         )
