@@ -106,14 +106,21 @@ def main(argv=None):
         "raw_pixels_knn200": run["knn"]["raw pixels"]["knn200_weighted"],
         "raw_pixels_nn20": run["knn"]["raw pixels"]["nn20_cosine"],
     }
-    command = run.get("command") or f"kcl pretrain --recipe {run['recipe']} --out {args.run}"
+    # A long run trains from a frozen copy of the checkout (its code must not
+    # change between sittings); the card names this checkout's recipe of the
+    # same name, the one a user runs.
+    recipe = run["recipe"]
+    command = run.get("command") or f"kcl pretrain --recipe {recipe} --out {args.run}"
+    if recipe and os.path.isfile(os.path.join(root, "recipes", os.path.basename(recipe))):
+        recipe = f"recipes/{os.path.basename(recipe)}"
+        command = command.replace(run["recipe"], recipe)
     points = curve(args.run)
     count, machines = sittings(args.run)
     training = {
         "data": "Fashion-MNIST train (60,000 images, 28 x 28 grey)",
         "epochs": run["epochs"],
         "batch_size": run["batch_size"],
-        "recipe": run["recipe"],
+        "recipe": recipe,
         "command": command,
         "train_minutes": round(run["train_seconds"] / 60, 1),
         "precision": run.get("precision", "float32"),

@@ -44,15 +44,16 @@ def build(name, encoder=None):
     cls = kcl.methods.get(name)
     # A tiny encoder keeps the trace of every method's train step short;
     # batch norm adds moving statistics to the state.
-    encoder = encoder or keras.Sequential(
-        [
-            keras.Input((None, None, 1)),
-            keras.layers.Conv2D(8, 3, strides=2, use_bias=False),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.GlobalAveragePooling2D(),
-        ]
-    )
+    if encoder is None:
+        encoder = keras.Sequential(
+            [
+                keras.Input((None, None, 1)),
+                keras.layers.Conv2D(8, 3, strides=2, use_bias=False),
+                keras.layers.BatchNormalization(),
+                keras.layers.ReLU(),
+                keras.layers.GlobalAveragePooling2D(),
+            ]
+        )
     tiny = kcl.methods.tiny(name)
     run = kcl.methods.needs(cls).run_arguments(EPOCHS * STEPS, STEPS, N)
     augmenter = cls.default_augmenter(SIZE, seed=1, **tiny.augmenter)
