@@ -39,6 +39,11 @@ def data():
     return rng.integers(0, 256, (N, SIZE, SIZE, 1)).astype("uint8"), rng.integers(0, 3, N)
 
 
+def augmenter(name):
+    """The default augmenter of `name` in its tiny configuration, seeded."""
+    return kcl.methods.get(name).default_augmenter(SIZE, seed=1, **kcl.methods.tiny(name).augmenter)
+
+
 def build(name, encoder=None):
     """`name` in its tiny configuration, compiled; `encoder` defaults to a one-conv network."""
     cls = kcl.methods.get(name)
@@ -54,10 +59,8 @@ def build(name, encoder=None):
                 keras.layers.GlobalAveragePooling2D(),
             ]
         )
-    tiny = kcl.methods.tiny(name)
     run = kcl.methods.needs(cls).run_arguments(EPOCHS * STEPS, STEPS, N)
-    augmenter = cls.default_augmenter(SIZE, seed=1, **tiny.augmenter)
-    model = cls(encoder, augmenter=augmenter, num_classes=3, **tiny.config, **run)
+    model = cls(encoder, augmenter=augmenter(name), num_classes=3, **kcl.methods.tiny(name).config, **run)
     schedule = keras.optimizers.schedules.CosineDecay(0.05, EPOCHS * STEPS)
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9))
     return model

@@ -67,9 +67,9 @@ def raw_batch(name, batch=worker.BATCH):
 def views_batch(name, batch=worker.BATCH, seed=0):
     """Views of `batch` images made once by the method's own augmenter, for steps that must see the same input."""
     keras.utils.set_random_seed(seed)
-    augmenter = worker.build(name).augmenter
     images = checks.random_images(batch, size=worker.SIZE, seed=seed).astype("float32")
-    return with_labels_and_index(name, {"views": tuple(np.asarray(v) for v in augmenter(images, training=True))})
+    views = worker.augmenter(name)(images, training=True)
+    return with_labels_and_index(name, {"views": tuple(np.asarray(v) for v in views)})
 
 
 def build_synchronized(name):
